@@ -1,0 +1,1 @@
+"""One module per ``wbc-counter`` verb: ``add_parser(sub)`` and ``main(args)``."""

@@ -1,0 +1,187 @@
+"""Strict configuration: defaults, a TOML/YAML file, validation that names the key.
+
+Every section is a pydantic model with ``extra="forbid"`` (as Frigate does), so
+a typo such as ``[capture] fsp = 30`` is an error naming ``capture.fsp``
+instead of a silently ignored line. ``config.example.toml`` at the repository
+root lists every key with its default.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    # Folder holding manifest.json and the model files; None = the shipped models/.
+    dir: Optional[str] = None
+    # Crops whose top probability is below this are flagged for review.
+    review_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # Detections below this score are ignored.
+    detect_threshold: float = Field(0.35, ge=0.0, le=1.0)
+
+
+class InferenceConfig(_Strict):
+    backend: Literal["auto", "tensorrt", "tflite"] = "auto"
+    precision: Literal["int8", "fp32", "fp16"] = "int8"
+    threads: int = Field(2, ge=1, le=64)
+    # Where TensorRT engines and calibration caches are kept (None = <data-dir>/engines).
+    engine_dir: Optional[str] = None
+
+
+class CaptureConfig(_Strict):
+    width: int = Field(640, ge=64, le=4096)
+    height: int = Field(480, ge=48, le=4096)
+    fps: int = Field(30, ge=1, le=240)
+    # Seconds between reopen attempts of a lost camera grow up to this cap.
+    reopen_max_backoff_s: float = Field(10.0, gt=0)
+    # Optional blank-field capture (flat-field + white reference) for this device.
+    flat_field: Optional[str] = None
+
+
+class QualityConfig(_Strict):
+    # Variance of the Laplacian below this = out of focus; counting pauses.
+    min_focus: float = Field(20.0, ge=0)
+    # Mean grey level outside [min, max] = badly exposed.
+    min_brightness: float = Field(40.0, ge=0, le=255)
+    max_brightness: float = Field(250.0, ge=0, le=255)
+
+
+class TrackingConfig(_Strict):
+    # A track is confirmed (and its cell counted) after this many hits.
+    confirm_hits: int = Field(3, ge=1)
+    # Max distance (slide px, relative to box size) to match a detection to a track.
+    match_distance: float = Field(0.5, gt=0)
+    # Frames a lost track is remembered (for back-tracking) in slide coordinates.
+    max_age_frames: int = Field(900, ge=1)
+
+
+class TallyConfig(_Strict):
+    target: int = Field(100, ge=1, le=10000)
+    ci_method: Literal["wilson", "clopper-pearson"] = "wilson"
+    # Optional WBC count (x10^9/L) for absolute counts.
+    wbc_count: Optional[float] = Field(None, gt=0)
+
+
+class DisplayConfig(_Strict):
+    output: Literal["auto", "opencv", "jetson", "headless"] = "auto"
+    width: int = Field(1280, ge=320)
+    height: int = Field(720, ge=240)
+    review_strip: int = Field(6, ge=0, le=20)
+
+
+class StoreConfig(_Strict):
+    # Size of the JPEG crop kept per counted cell (pixels, square).
+    crop_size: int = Field(96, ge=16, le=512)
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    min_free_mb: int = Field(200, ge=0)
+
+
+class FhirConfig(_Strict):
+    url: Optional[str] = None
+    token_file: Optional[str] = None
+    verify_tls: bool = True
+    timeout_s: float = Field(10.0, gt=0)
+    identifier_system: str = "urn:wbc-counter:result"
+    attach_gallery: bool = False
+
+
+class LisConfig(_Strict):
+    port: Optional[str] = None
+    baudrate: int = Field(9600, gt=0)
+    hl7: Optional[str] = None
+    timeout_s: float = Field(15.0, gt=0)
+    retries: int = Field(6, ge=0)
+
+
+class SyncConfig(_Strict):
+    max_backoff_s: float = Field(3600.0, gt=0)
+    base_backoff_s: float = Field(5.0, gt=0)
+
+
+class KioskConfig(_Strict):
+    device_id: str = "wbc-kiosk"
+    operator: str = "technician"
+    watchdog: bool = True
+
+
+class Config(_Strict):
+    model: ModelConfig = ModelConfig()
+    inference: InferenceConfig = InferenceConfig()
+    capture: CaptureConfig = CaptureConfig()
+    quality: QualityConfig = QualityConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    tally: TallyConfig = TallyConfig()
+    display: DisplayConfig = DisplayConfig()
+    store: StoreConfig = StoreConfig()
+    fhir: FhirConfig = FhirConfig()
+    lis: LisConfig = LisConfig()
+    sync: SyncConfig = SyncConfig()
+    kiosk: KioskConfig = KioskConfig()
+
+
+def _read_file(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # optional: only needed for YAML configs
+        except ImportError as exc:
+            raise ConfigError(f"{path}: YAML config needs PyYAML (pip install pyyaml) or use TOML") from exc
+        data = yaml.safe_load(text) or {}
+    else:
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11 (JetPack 5/6 images)
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a table of sections")
+    return data
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}' (check spelling; see config.example.toml)")
+        else:
+            lines.append(f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then the file (if any), then command-line overrides."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass --config with an existing TOML/YAML file)")
+        data = _read_file(p)
+        source = str(p)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

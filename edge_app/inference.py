@@ -1,0 +1,221 @@
+"""The shipped model at run time: manifest, detector and classifier.
+
+``ModelBundle`` reads ``models/manifest.json``, checks every file against its
+sha256 (a corrupted model is refused with a message, never run), and builds
+the detector and classifier on the chosen backend. ``Detector`` and
+``Classifier`` wrap a backend with the shared preprocessing and the output
+decoding, so CLI verbs, the live pipeline and the self-test use one path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_app import preprocess
+from edge_app.backends import Backend, BackendError, resolve_backend_name
+from edge_app.labels import CLASSES
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def default_model_dir() -> Path:
+    """The shipped models/ folder (repo checkout or installed data files)."""
+    if (SHIPPED_MODELS / "manifest.json").is_file():
+        return SHIPPED_MODELS
+    import sys
+    alt = Path(sys.prefix) / "share" / "wbc-counter" / "models"
+    return alt if (alt / "manifest.json").is_file() else SHIPPED_MODELS
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    dir: Path
+    data: dict
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None) -> "Manifest":
+        d = Path(model_dir) if model_dir else default_model_dir()
+        path = d / "manifest.json"
+        if not path.is_file():
+            raise BackendError(f"no model manifest at {path} (point [model] dir at a folder with manifest.json)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BackendError(f"model manifest {path} is not valid JSON: {exc}") from exc
+        if tuple(data.get("classes", ())) != CLASSES:
+            raise BackendError(f"model manifest classes {data.get('classes')} differ from this app's {list(CLASSES)}")
+        return cls(d, data)
+
+    @property
+    def version(self) -> str:
+        return str(self.data.get("version", "unknown"))
+
+    def entry(self, net: str) -> dict:
+        return self.data["models"][net]
+
+    def file(self, net: str, kind: str, verify: bool = True) -> Path:
+        entry = self.entry(net)
+        name = entry["files"].get(kind)
+        if not name:
+            raise BackendError(f"manifest has no '{kind}' file for the {net}")
+        path = self.dir / name
+        if not path.is_file():
+            raise BackendError(f"model file missing: {path} (restore models/ from the release)")
+        if verify:
+            expected = entry["sha256"][name]
+            actual = sha256_file(path)
+            if actual != expected:
+                raise BackendError(f"model file {path} is corrupt or was replaced: sha256 {actual[:12]}… "
+                                   f"!= manifest {expected[:12]}… (reinstall the model folder)")
+        return path
+
+    def output_shapes(self, net: str) -> list[tuple[int, ...]]:
+        return [tuple(o["shape"]) for o in self.entry(net)["outputs"]]
+
+
+def create_backend(manifest: Manifest, net: str, backend: str = "auto", precision: str = "int8",
+                   threads: int = 2, engine_dir: str | Path | None = None) -> Backend:
+    """One backend for one network of the bundle."""
+    name = resolve_backend_name(backend)
+    if name == "tflite":
+        from edge_app.backends.tflite import TFLiteBackend
+        kind = "tflite_int8" if precision == "int8" else "tflite_fp32"
+        return TFLiteBackend(manifest.file(net, kind), manifest.output_shapes(net), threads=threads)
+    from edge_app.backends.tensorrt import TensorRTBackend
+    return TensorRTBackend.from_manifest(manifest, net, precision=precision, engine_dir=engine_dir)
+
+
+@dataclass
+class Detection:
+    box: np.ndarray  # x1, y1, x2, y2 in frame pixels (float32)
+    score: float
+
+
+@dataclass
+class Classification:
+    probs: np.ndarray  # (len(CLASSES),) float32, sums to 1
+    attention: np.ndarray = field(repr=False, default=None)  # (h, w) float32 in 0..1
+
+    @property
+    def label(self) -> str:
+        return CLASSES[int(np.argmax(self.probs))]
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probs))
+
+    def probs_dict(self) -> dict[str, float]:
+        return {c: round(float(p), 4) for c, p in zip(CLASSES, self.probs)}
+
+
+class Detector:
+    """Whole frame -> leukocyte boxes (CenterNet-style heatmap + ltrb distances)."""
+
+    def __init__(self, backend: Backend, stride: int, threshold: float = 0.35, nms_iou: float = 0.4):
+        self.backend = backend
+        self.stride = stride
+        self.threshold = threshold
+        self.nms_iou = nms_iou
+
+    def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None) -> list[Detection]:
+        x, lb = preprocess.detector_input(frame_rgb, background)
+        heat, ltrb = self.backend.infer(x)
+        boxes, scores = decode_detections(heat[0, ..., 0], ltrb[0], self.stride, self.threshold, self.nms_iou)
+        if not len(boxes):
+            return []
+        boxes = lb.to_frame(boxes)
+        h, w = frame_rgb.shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+        return [Detection(b, float(s)) for b, s in zip(boxes, scores)]
+
+
+class Classifier:
+    """Cell crop -> class probabilities + last CBAM spatial-attention map."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def __call__(self, crop_rgb: np.ndarray) -> Classification:
+        probs, attention = self.backend.infer(preprocess.classifier_input(crop_rgb))
+        p = probs[0].astype(np.float32)
+        p = np.clip(p, 0, None)
+        p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
+        return Classification(p, attention[0, ..., 0])
+
+
+def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
+                      nms_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of the (H, W) heatmap above threshold -> boxes in network pixels."""
+    h, w = heat.shape
+    padded = np.pad(heat, 1, constant_values=-1.0)
+    # 3x3 local maximum without scipy: compare against the 8 neighbours.
+    neigh = np.max(np.stack([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)
+                             if not (dy == 1 and dx == 1)]), axis=0)
+    ys, xs = np.nonzero((heat >= neigh) & (heat >= threshold))
+    if not len(ys):
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    scores = heat[ys, xs]
+    cx, cy = (xs + 0.5) * stride, (ys + 0.5) * stride
+    d = ltrb[ys, xs] * stride
+    boxes = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1).astype(np.float32)
+    keep = nms(boxes, scores, nms_iou)
+    return boxes[keep], scores[keep].astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    while len(order):
+        i = order[0]
+        keep.append(int(i))
+        if len(order) == 1:
+            break
+        rest = order[1:]
+        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+        ious = inter / np.maximum(area(boxes[i]) + area(boxes[rest]) - inter, 1e-6)
+        order = rest[ious < iou]
+    return keep
+
+
+class ModelBundle:
+    """Detector + classifier of one manifest on one backend."""
+
+    def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
+                 threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None):
+        self.manifest = Manifest.load(model_dir)
+        self.backend_name = resolve_backend_name(backend)
+        self.precision = precision
+        det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
+        cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
+        self.detector = Detector(det_backend, int(self.manifest.entry("detector")["stride"]), detect_threshold)
+        self.classifier = Classifier(cls_backend)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def close(self) -> None:
+        self.detector.backend.close()
+        self.classifier.backend.close()

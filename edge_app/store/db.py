@@ -1,0 +1,257 @@
+"""The local log: SQLite in WAL mode with numbered schema migrations.
+
+One connection per process writes (the pipeline hands its writes to a single
+writer thread, see ``edge_app.store.writer``); readers (report, sync, status)
+open their own connections. ``synchronous=FULL`` makes every commit survive a
+power cut, not only a process kill: a counted cell is on disk once
+``add_cell`` returns.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sqlite3
+import uuid
+from importlib import resources
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "wbc.sqlite3"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says what to do."""
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(number, name, sql) for every ``NNNN_name.sql`` file, in order."""
+    out = []
+    for entry in resources.files("edge_app.store.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+class Store:
+    """Sessions, cells, corrections, results and outbox in one SQLite file."""
+
+    def __init__(self, data_dir: str | Path, readonly: bool = False):
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False,
+                                        isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the database at {self.path}: {exc} "
+                             "(check --data-dir exists and is writable)") from exc
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        if not readonly:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+
+    # -- schema ---------------------------------------------------------
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        current = self.schema_version()
+        for number, name, sql in _migrations():
+            if number <= current:
+                continue
+            logger.info("applying schema migration %s", name)
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                for statement in _split_sql(sql):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={number}")
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.conn.execute("ROLLBACK")
+                raise StoreError(f"schema migration {name} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- sessions -------------------------------------------------------
+    def open_session(self, *, target: int, sample_id: str | None = None, operator: str | None = None,
+                     device: str | None = None, model_version: str | None = None,
+                     backend: str | None = None, wbc_count: float | None = None) -> str:
+        sid = uuid.uuid4().hex
+        self.conn.execute(
+            "INSERT INTO sessions (id, sample_id, operator, device, model_version, backend, target,"
+            " wbc_count, started_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (sid, sample_id, operator, device, model_version, backend, target, wbc_count, utcnow()))
+        return sid
+
+    def open_sessions(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM sessions WHERE status='open' ORDER BY started_at").fetchall()
+
+    def session(self, session_id: str) -> sqlite3.Row:
+        row = self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None:
+            # Accept a unique prefix, as technicians read ids off the screen.
+            rows = self.conn.execute("SELECT * FROM sessions WHERE id LIKE ?", (session_id + "%",)).fetchall()
+            if len(rows) == 1:
+                return rows[0]
+            raise StoreError(f"no session '{session_id}' in {self.path} (list them with 'wbc-counter status')")
+        return row
+
+    def set_frames(self, session_id: str, frames: int) -> None:
+        self.conn.execute("UPDATE sessions SET frames=? WHERE id=?", (frames, session_id))
+
+    def abort_session(self, session_id: str) -> None:
+        self.conn.execute("UPDATE sessions SET status='aborted', ended_at=? WHERE id=? AND status='open'",
+                          (utcnow(), session_id))
+
+    # -- cells ----------------------------------------------------------
+    def add_cell(self, session_id: str, *, label: str, probs: dict | None = None, confidence: float | None = None,
+                 box=None, slide_xy=None, frame_index: int | None = None, track_id: int | None = None,
+                 flagged: bool = False, source: str = "auto", crop_jpeg: bytes | None = None) -> int:
+        """Insert one counted cell and commit it durably; returns its id."""
+        sx, sy = (slide_xy if slide_xy is not None else (None, None))
+        cur = self.conn.execute(
+            "INSERT INTO cells (session_id, track_id, label, model_label, probs, confidence, box, slide_x,"
+            " slide_y, frame_index, flagged, source, crop, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (session_id, track_id, label, label if source == "auto" else None,
+             json.dumps(probs) if probs is not None else None, confidence,
+             json.dumps([round(float(v), 1) for v in box]) if box is not None else None,
+             None if sx is None else float(sx), None if sy is None else float(sy),
+             frame_index, int(flagged), source, crop_jpeg, utcnow()))
+        return int(cur.lastrowid)
+
+    def cells(self, session_id: str, include_deleted: bool = False) -> list[sqlite3.Row]:
+        q = "SELECT * FROM cells WHERE session_id=?" + ("" if include_deleted else " AND deleted=0")
+        return self.conn.execute(q + " ORDER BY id", (session_id,)).fetchall()
+
+    def label_counts(self, session_id: str) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT label, COUNT(*) FROM cells WHERE session_id=? AND deleted=0 GROUP BY label", (session_id,))
+        return {r[0]: r[1] for r in rows}
+
+    # -- corrections ----------------------------------------------------
+    def reclassify(self, session_id: str, cell_id: int, to_label: str, operator: str | None) -> int:
+        with self.transaction():
+            row = self.conn.execute("SELECT label FROM cells WHERE id=? AND session_id=?",
+                                    (cell_id, session_id)).fetchone()
+            if row is None:
+                raise StoreError(f"cell {cell_id} is not part of session {session_id}")
+            self.conn.execute("UPDATE cells SET label=?, flagged=0 WHERE id=?", (to_label, cell_id))
+            cur = self.conn.execute(
+                "INSERT INTO corrections (session_id, cell_id, action, from_label, to_label, operator, at)"
+                " VALUES (?,?,?,?,?,?,?)", (session_id, cell_id, "reclassify", row[0], to_label, operator, utcnow()))
+            return int(cur.lastrowid)
+
+    def add_manual_cell(self, session_id: str, label: str, operator: str | None, frame_index: int | None = None) -> int:
+        with self.transaction():
+            cell_id = self.add_cell(session_id, label=label, source="manual", frame_index=frame_index)
+            self.conn.execute(
+                "INSERT INTO corrections (session_id, cell_id, action, from_label, to_label, operator, at)"
+                " VALUES (?,?,?,?,?,?,?)", (session_id, cell_id, "add", None, label, operator, utcnow()))
+            return cell_id
+
+    def undo(self, session_id: str, operator: str | None) -> sqlite3.Row | None:
+        """Revert the latest not-yet-undone correction; record the undo itself."""
+        with self.transaction():
+            last = self.conn.execute(
+                "SELECT * FROM corrections WHERE session_id=? AND action!='undo' AND undone=0"
+                " ORDER BY id DESC LIMIT 1", (session_id,)).fetchone()
+            if last is None:
+                return None
+            if last["action"] == "reclassify":
+                self.conn.execute("UPDATE cells SET label=? WHERE id=?", (last["from_label"], last["cell_id"]))
+            elif last["action"] == "add":
+                self.conn.execute("UPDATE cells SET deleted=1 WHERE id=?", (last["cell_id"],))
+            self.conn.execute("UPDATE corrections SET undone=1 WHERE id=?", (last["id"],))
+            self.conn.execute(
+                "INSERT INTO corrections (session_id, cell_id, action, from_label, to_label, operator, at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (session_id, last["cell_id"], "undo", last["to_label"], last["from_label"], operator, utcnow()))
+            return last
+
+    def corrections(self, session_id: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM corrections WHERE session_id=? ORDER BY id", (session_id,)).fetchall()
+
+    # -- results and outbox ---------------------------------------------
+    def finalise_session(self, session_id: str, payload: dict, destinations: tuple[str, ...] = ("fhir",),
+                         frames: int | None = None) -> str:
+        """Close a session: result + outbox entries + status in ONE transaction.
+
+        Returns the stable result id used for idempotent delivery.
+        """
+        result_id = uuid.uuid5(uuid.NAMESPACE_URL, f"wbc-counter:result:{session_id}").hex
+        now = utcnow()
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO results (session_id, result_id, payload, created_at) VALUES (?,?,?,?)",
+                (session_id, result_id, json.dumps(payload, sort_keys=True), now))
+            for dest in destinations:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO outbox (result_id, destination, next_attempt_at, created_at)"
+                    " VALUES (?,?,?,?)", (result_id, dest, now, now))
+            self.conn.execute(
+                "UPDATE sessions SET status='finalised', ended_at=?, frames=COALESCE(?, frames) WHERE id=?",
+                (now, frames, session_id))
+        return result_id
+
+    def result(self, session_id: str) -> dict | None:
+        row = self.conn.execute("SELECT payload FROM results WHERE session_id=?", (session_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # -- events ---------------------------------------------------------
+    def log_event(self, kind: str, detail: dict) -> None:
+        self.conn.execute("INSERT INTO events (at, kind, detail) VALUES (?,?,?)",
+                          (utcnow(), kind, json.dumps(detail, sort_keys=True)))
+
+    def last_event(self, kind: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM events WHERE kind=? ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
+
+    # -- helpers --------------------------------------------------------
+    def transaction(self):
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK; nested use joins the outer one."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.owner = False
+
+    def __enter__(self):
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.owner = True
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.owner:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Statements of a migration file (no triggers with inner ';' here)."""
+    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]
