@@ -93,7 +93,8 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int] = DETECTOR_SIZE, fill: float = 0.0) -> tuple[np.ndarray, Letterbox]:
+def letterbox(image: np.ndarray, size: tuple[int, int] = DETECTOR_SIZE,
+              fill: float = 0.0) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping aspect ratio and pad to ``size`` (w, h)."""
     w, h = size
     ih, iw = image.shape[:2]
@@ -109,17 +110,16 @@ def letterbox(image: np.ndarray, size: tuple[int, int] = DETECTOR_SIZE, fill: fl
 def detector_input(frame_rgb: np.ndarray, background: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
     """Frame (any size, RGB uint8) -> detector tensor (1, H, W, 3) float32."""
     # Letterbox first (cheap on the small image), normalise with the full
-    # frame's background so padding does not bias the estimate.
+    # frame's background so padding does not bias the estimate; padding is
+    # filled with that background so it maps to plain "empty slide" grey.
     bg = estimate_background(frame_rgb) if background is None else background
     boxed, lb = letterbox(frame_rgb, DETECTOR_SIZE, fill=0)
     norm = normalise_background(boxed, bg)
-    # Padding stays background-grey so the network sees "empty slide" there.
-    pad_mask = np.zeros(norm.shape[:2], dtype=bool)
-    w, h = DETECTOR_SIZE
-    nw, nh = round(frame_rgb.shape[1] * lb.scale), round(frame_rgb.shape[0] * lb.scale)
-    pad_mask[:] = True
-    pad_mask[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = False
-    norm[pad_mask] = BACKGROUND_LEVEL
+    nh, nw = round(frame_rgb.shape[0] * lb.scale), round(frame_rgb.shape[1] * lb.scale)
+    norm[:lb.pad_y] = BACKGROUND_LEVEL
+    norm[lb.pad_y + nh:] = BACKGROUND_LEVEL
+    norm[:, :lb.pad_x] = BACKGROUND_LEVEL
+    norm[:, lb.pad_x + nw:] = BACKGROUND_LEVEL
     return norm[None], lb
 
 

@@ -42,6 +42,7 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Free resources (device buffers, interpreter)."""
+        return None
 
     def __enter__(self):
         return self
