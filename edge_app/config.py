@@ -53,8 +53,16 @@ class CaptureConfig(_Strict):
 
 
 class QualityConfig(_Strict):
-    # Variance of the Laplacian below this = out of focus; counting pauses.
-    min_focus: float = Field(20.0, ge=0)
+    # Variance of the Laplacian (grey frame at 320 px wide) below this = out of
+    # focus; counting pauses. Sharp BCCD/Chula fields measure 17-67.
+    min_focus: float = Field(5.0, ge=0)
+    # A frame below this fraction of the recent sharp frames' median focus is a focus slip.
+    relative_focus: float = Field(0.35, ge=0.0, le=1.0)
+    # After this many paused frames in a row the recent-sharpness memory is reset
+    # (the stage moved to an area that is simply softer).
+    relative_reset_frames: int = Field(60, ge=1)
+    # Fraction of burnt-white or crushed-black pixels above which a frame is badly exposed.
+    max_clipped: float = Field(0.25, ge=0.0, le=1.0)
     # Mean grey level outside [min, max] = badly exposed.
     min_brightness: float = Field(40.0, ge=0, le=255)
     max_brightness: float = Field(250.0, ge=0, le=255)
@@ -64,9 +72,20 @@ class TrackingConfig(_Strict):
     # A track is confirmed (and its cell counted) after this many hits.
     confirm_hits: int = Field(3, ge=1)
     # Max distance (slide px, relative to box size) to match a detection to a track.
-    match_distance: float = Field(0.5, gt=0)
+    match_distance: float = Field(0.6, gt=0)
     # Frames a lost track is remembered (for back-tracking) in slide coordinates.
-    max_age_frames: int = Field(900, ge=1)
+    max_age_frames: int = Field(3600, ge=1)
+    # Classifier votes (crops fully inside the frame) averaged per cell; a track
+    # is classified only until it has them, which keeps the hot path cheap.
+    votes_per_track: int = Field(3, ge=1, le=20)
+    # Hard cap on classifier runs per track (edge crops included).
+    max_classify_per_track: int = Field(6, ge=1, le=50)
+    # A confirmed track not seen for this many frames is counted with the votes it has.
+    count_after_lost_frames: int = Field(8, ge=1)
+    # An unconfirmed track missed this many frames in a row is dropped (a false positive).
+    drop_unconfirmed_after: int = Field(6, ge=1)
+    # Analysis width (px) of the phase-correlation stage-motion estimate.
+    motion_width: int = Field(160, ge=64, le=1024)
 
 
 class TallyConfig(_Strict):

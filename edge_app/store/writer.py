@@ -1,0 +1,117 @@
+"""The single writer thread: every database write of a live session, in order.
+
+The pipeline never waits on disk: it puts a write on a queue and carries on.
+This thread performs each write with its own durable commit
+(``synchronous=FULL``) and only then reports it back through ``done()``; the
+pipeline adds a cell to the on-screen tally when its commit is reported, so a
+SIGKILL or power cut can never lose a cell the screen showed. JPEG encoding of
+the crop also happens here, off the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_app.store.db import Store, StoreError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Done:
+    kind: str  # 'cell', 'reclassify', 'manual', 'undo', 'frames'
+    tag: Any  # what the caller passed to identify the write (e.g. a Track)
+    value: Any  # the write's result (cell id, undone correction row, ...)
+    args: dict
+
+
+def encode_crop(crop_rgb: np.ndarray | None, size: int, quality: int) -> bytes | None:
+    if crop_rgb is None or crop_rgb.size == 0:
+        return None
+    small = cv2.resize(crop_rgb, (size, size), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else None
+
+
+class StoreWriter(threading.Thread):
+    """Owns the Store's connection while a session runs."""
+
+    def __init__(self, store: Store, crop_size: int = 96, jpeg_quality: int = 85):
+        super().__init__(name="store-writer", daemon=True)
+        self.store = store
+        self.crop_size = crop_size
+        self.jpeg_quality = jpeg_quality
+        self._q: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self.error: str | None = None
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    # -- producer side (pipeline thread) ----------------------------------
+    def submit(self, kind: str, tag: Any = None, **args) -> None:
+        with self._lock:
+            self.pending += 1
+        self._q.put((kind, tag, args))
+
+    def done(self) -> list[Done]:
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish every queued write, then stop."""
+        self._q.put(None)
+        if self.is_alive():
+            self.join(timeout)
+
+    # -- writer thread ------------------------------------------------------
+    def _apply(self, kind: str, args: dict):
+        s = self.store
+        if kind == "cell":
+            crop = args.pop("crop_rgb", None)
+            args["crop_jpeg"] = encode_crop(crop, self.crop_size, self.jpeg_quality)
+            return s.add_cell(**args)
+        if kind == "reclassify":
+            s.reclassify(args["session_id"], args["cell_id"], args["to_label"], args.get("operator"))
+            return args["cell_id"]
+        if kind == "manual":
+            return s.add_manual_cell(args["session_id"], args["label"], args.get("operator"),
+                                     args.get("frame_index"))
+        if kind == "undo":
+            row = s.undo(args["session_id"], args.get("operator"))
+            return dict(row) if row is not None else None
+        if kind == "frames":
+            s.set_frames(args["session_id"], args["frames"])
+            return args["frames"]
+        raise ValueError(f"unknown write {kind}")
+
+    def run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            kind, tag, args = item
+            try:
+                value = self._apply(kind, dict(args))
+            except (sqlite3.Error, StoreError, OSError) as exc:
+                # Disk full, read-only medium, ...: stop accepting counts and say so.
+                self.error = f"database write failed: {exc} (free disk space or check --data-dir)"
+                logger.error("%s", self.error)
+                value = None
+                kind = "error"
+            finally:
+                with self._lock:
+                    self.pending -= 1
+            args.pop("crop_rgb", None)
+            self._done.put(Done(kind, tag, value, args))

@@ -1,0 +1,208 @@
+"""Tracks in slide coordinates: each leukocyte is counted once.
+
+A detection's box centre plus the frame's slide origin (``StageMotion``) is
+its position on the slide. Detections are matched greedily, nearest first, to
+tracks whose slide position is in (or near) the current view and that were
+seen within ``max_age_frames``; the gate is ``match_distance`` x the cell
+size. Because tracks live in slide coordinates and are remembered after they
+leave the view, a cell that slides out and comes back when the technician
+backs up meets its old track again instead of starting a new one.
+
+A track is confirmed after ``confirm_hits`` matched frames. Its class is the
+mean of its per-frame classifier probabilities (temporal voting); crops cut by
+the frame border are used only when the track never had a whole crop. It is
+counted once it is confirmed and has ``votes_per_track`` whole-crop votes, or
+once it has left the view for ``count_after_lost_frames`` frames, or when the
+source ends (``flush``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Vote:
+    probs: np.ndarray
+    whole: bool  # the crop lay fully inside the frame
+
+
+@dataclass
+class Track:
+    id: int
+    center: np.ndarray  # slide coordinates (x, y)
+    size: float  # mean box side, pixels
+    box: np.ndarray  # last box, frame pixels
+    first_frame: int
+    last_frame: int
+    score: float
+    hits: int = 1
+    misses: int = 0  # consecutive frames in view without a match
+    had_whole: bool = False
+    classified: int = 0
+    votes: list[Vote] = field(default_factory=list)
+    confirmed: bool = False
+    counted: bool = False
+    cell_id: int | None = None  # database id once committed
+    best_crop: np.ndarray | None = field(default=None, repr=False)
+    best_attention: np.ndarray | None = field(default=None, repr=False)
+    best_box: np.ndarray | None = None
+    best_frame: int | None = None
+    _best_q: float = -1.0
+
+    @property
+    def whole_votes(self) -> int:
+        return sum(v.whole for v in self.votes)
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        """Temporal vote: mean of whole-crop probabilities (edge crops if none)."""
+        use = [v.probs for v in self.votes if v.whole] or [v.probs for v in self.votes]
+        if not use:
+            return None
+        p = np.mean(np.stack(use), axis=0)
+        return (p / p.sum()).astype(np.float32)
+
+    def add_vote(self, probs: np.ndarray, whole: bool, crop=None, attention=None, box=None,
+                 frame: int | None = None) -> None:
+        self.classified += 1
+        self.votes.append(Vote(np.asarray(probs, dtype=np.float32), whole))
+        # Keep the crop the log and the review strip show: the most confident
+        # whole crop (a whole crop always beats an edge crop).
+        q = float(np.max(probs)) + (1.0 if whole else 0.0)
+        if q > self._best_q:
+            self._best_q = q
+            self.best_crop, self.best_attention = crop, attention
+            self.best_box = None if box is None else np.asarray(box, dtype=np.float32).copy()
+            self.best_frame = frame
+
+
+@dataclass
+class Match:
+    track: Track
+    box: np.ndarray  # frame pixels
+    score: float
+    whole: bool
+    new: bool
+
+
+class Tracker:
+    def __init__(self, cfg=None):
+        self.confirm_hits = getattr(cfg, "confirm_hits", 3)
+        self.match_distance = getattr(cfg, "match_distance", 0.6)
+        self.max_age = getattr(cfg, "max_age_frames", 3600)
+        self.votes_per_track = getattr(cfg, "votes_per_track", 3)
+        self.max_classify = getattr(cfg, "max_classify_per_track", 6)
+        self.count_after_lost = getattr(cfg, "count_after_lost_frames", 8)
+        self.drop_unconfirmed_after = getattr(cfg, "drop_unconfirmed_after", 6)
+        self.edge_px = 3.0
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def _in_view(self, t: Track, origin: np.ndarray, w: int, h: int, margin: float = 0.0) -> bool:
+        x, y = t.center - origin
+        return -margin <= x <= w + margin and -margin <= y <= h + margin
+
+    def update(self, boxes: np.ndarray, scores, origin: np.ndarray, frame_index: int,
+               frame_size: tuple[int, int]) -> list[Match]:
+        """Match this frame's detections (N, 4 frame px) to tracks; returns one Match per detection."""
+        w, h = frame_size
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        scores = list(scores)
+        origin = np.asarray(origin, dtype=np.float64)
+        centers = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1) + origin \
+            if len(boxes) else np.zeros((0, 2))
+        sizes = ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1])) / 2 if len(boxes) else np.zeros(0)
+        whole = [bool(b[0] > self.edge_px and b[1] > self.edge_px and b[2] < w - 1 - self.edge_px
+                      and b[3] < h - 1 - self.edge_px) for b in boxes]
+
+        cands = [t for t in self.tracks
+                 if frame_index - t.last_frame <= self.max_age and self._in_view(t, origin, w, h, t.size)]
+        pairs = []
+        for ti, t in enumerate(cands):
+            if not len(boxes):
+                break
+            d = np.linalg.norm(centers - t.center, axis=1)
+            gate = self.match_distance * np.maximum(sizes, t.size)
+            for di in np.nonzero(d <= gate)[0]:
+                pairs.append((float(d[di]), ti, int(di)))
+        pairs.sort()
+        used_t, det_track = set(), {}
+        for _, ti, di in pairs:
+            if ti in used_t or di in det_track:
+                continue
+            used_t.add(ti)
+            det_track[di] = cands[ti]
+
+        matches: list[Match] = []
+        for di in range(len(boxes)):
+            t = det_track.get(di)
+            if t is None:
+                t = Track(self._next_id, centers[di].copy(), float(sizes[di]), boxes[di].copy(), frame_index,
+                          frame_index, scores[di], had_whole=whole[di])
+                self._next_id += 1
+                self.tracks.append(t)
+                matches.append(Match(t, boxes[di], scores[di], whole[di], True))
+                continue
+            if frame_index != t.last_frame:
+                t.hits += 1
+            t.misses = 0
+            t.last_frame = frame_index
+            t.box = boxes[di].copy()
+            t.score = max(t.score, scores[di])
+            # Edge boxes are cut by the border: their centre is biased, so
+            # they only move a track that never had a whole box.
+            if whole[di] or not t.had_whole:
+                t.center = centers[di].copy()
+                t.size = float(sizes[di]) if whole[di] or t.size < sizes[di] else t.size
+            t.had_whole = t.had_whole or whole[di]
+            if t.hits >= self.confirm_hits:
+                t.confirmed = True
+            matches.append(Match(t, boxes[di], scores[di], whole[di], False))
+
+        matched = {id(m.track) for m in matches}
+        keep = []
+        for t in self.tracks:
+            if id(t) not in matched and t.last_frame != frame_index and self._in_view(t, origin, w, h):
+                t.misses += 1
+            if not t.confirmed and t.misses >= self.drop_unconfirmed_after:
+                continue  # a detection that never repeated: a false positive
+            if not t.counted and not t.confirmed and frame_index - t.last_frame > self.max_age:
+                continue
+            if t.counted and frame_index - t.last_frame > self.max_age:
+                continue  # forgotten: too old to be met again reliably
+            keep.append(t)
+        self.tracks = keep
+        return matches
+
+    def wants_vote(self, m: Match) -> bool:
+        """Classify this detection? Only until the track has enough whole votes."""
+        t = m.track
+        if t.counted or t.classified >= self.max_classify:
+            return False
+        if m.whole:
+            return t.whole_votes < self.votes_per_track
+        # Edge crops: at most one, and only while no whole crop was seen.
+        return t.whole_votes == 0 and t.classified == 0
+
+    def ready(self, frame_index: int) -> list[Track]:
+        """Confirmed, not yet counted tracks that have what they need to be counted."""
+        out = []
+        for t in self.tracks:
+            if t.counted or not t.confirmed or not t.votes:
+                continue
+            if t.whole_votes >= self.votes_per_track or frame_index - t.last_frame >= self.count_after_lost:
+                out.append(t)
+        return out
+
+    def flush(self) -> list[Track]:
+        """At the end of the source: every confirmed track not yet counted."""
+        return [t for t in self.tracks if t.confirmed and not t.counted and t.votes]
+
+    def visible(self, frame_index: int) -> list[Track]:
+        return [t for t in self.tracks if t.last_frame == frame_index]
