@@ -1,0 +1,84 @@
+"""The finalised result payload, checked once for every outgoing message.
+
+The app writes the payload (see ``Store.finalise_session``); the FHIR, HL7 and
+ASTM builders read it through ``ResultPayload`` so a missing or malformed
+field is one clear, permanent error instead of a KeyError deep in a builder.
+Error messages name fields, never their values (they may be sample ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from edge_app.labels import FIVE_PART
+from edge_app.sync.errors import PermanentError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResultPayload:
+    result_id: str
+    session: str
+    sample_id: Optional[str]
+    operator: Optional[str]
+    device: Optional[str]
+    model_version: Optional[str]
+    backend: Optional[str]
+    total: int
+    counts: Dict[str, int]
+    percent: Dict[str, float]
+    ci95: Dict[str, Tuple[float, float]]
+    ci_method: str
+    other: int
+    frames: int
+    target: int
+    flagged: int
+    corrections: int
+    finalised_at: str
+
+    @classmethod
+    def parse(cls, result_id: str, payload: dict) -> "ResultPayload":
+        def need(key):
+            if key not in payload:
+                raise PermanentError(f"result {result_id[:12]}: payload has no '{key}' field")
+            return payload[key]
+
+        def text(key):
+            v = payload.get(key)
+            return None if v in (None, "") else str(v)
+
+        try:
+            counts = {c: int(need("counts")[c]) for c in FIVE_PART}
+            percent = {c: float(need("percent")[c]) for c in FIVE_PART}
+            ci95 = {c: (float(need("ci95")[c][0]), float(need("ci95")[c][1])) for c in FIVE_PART}
+            total = int(need("total"))
+            finalised_at = str(need("finalised_at"))
+        except PermanentError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PermanentError(f"result {result_id[:12]}: counts/percent/ci95 malformed "
+                                 f"({type(exc).__name__} on {exc!s:.40})") from None
+        if total < 0 or sum(counts.values()) != total:
+            raise PermanentError(f"result {result_id[:12]}: 'total' does not equal the sum of the five counts")
+        for c in FIVE_PART:
+            lo, hi = ci95[c]
+            # 0.05: the app may round percent and bounds to different decimals.
+            if not (0.0 <= lo <= hi <= 100.0 and lo - 0.05 <= percent[c] <= hi + 0.05):
+                raise PermanentError(f"result {result_id[:12]}: ci95 for {c} does not bracket its percent in 0..100")
+        return cls(
+            result_id=result_id, session=str(payload.get("session", "")), sample_id=text("sample_id"),
+            operator=text("operator"), device=text("device"), model_version=text("model_version"),
+            backend=text("backend"), total=total, counts=counts, percent=percent, ci95=ci95,
+            ci_method=str(payload.get("ci_method") or "wilson"), other=int(payload.get("other") or 0),
+            frames=int(payload.get("frames") or 0), target=int(payload.get("target") or 0),
+            flagged=int(payload.get("flagged") or 0), corrections=int(payload.get("corrections") or 0),
+            finalised_at=finalised_at)
+
+    def ci_text(self, cls_name: str) -> str:
+        """Human-readable count and interval, the same words in FHIR notes, HL7 NTE and ASTM C."""
+        lo, hi = self.ci95[cls_name]
+        return (f"{self.counts[cls_name]} of {self.total} cells; 95% CI {lo:.1f}-{hi:.1f} % "
+                f"({self.ci_method.capitalize()})")
