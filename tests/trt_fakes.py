@@ -561,12 +561,12 @@ def write_tiny_bundle(root: Path, calib_crops: list[Path] = (), calib_frames: li
     (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     calib = root / "calibration"
     listing = {}
-    for net, sources in (("classifier", calib_crops), ("detector", calib_frames)):
-        (calib / net).mkdir(parents=True, exist_ok=True)
-        names = []
+    # The release's layout: frames calibrate the detector, crops the classifier.
+    for kind, sources in (("crops", calib_crops), ("frames", calib_frames)):
+        (calib / kind).mkdir(parents=True, exist_ok=True)
+        listing[kind] = []
         for src in sources:
-            shutil.copy(src, calib / net / src.name)
-            names.append(f"{net}/{src.name}")
-        listing[net] = names
+            shutil.copy(src, calib / kind / src.name)
+            listing[kind].append({"file": f"{kind}/{src.name}", "source": "test"})
     (calib / "manifest.json").write_text(json.dumps(listing))
     return model_dir

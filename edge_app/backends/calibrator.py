@@ -34,6 +34,8 @@ except Exception:  # ImportError, or OSError when libnvinfer is missing: CPU mac
     _trt = None
 
 CALIBRATION_MANIFEST = "manifest.json"
+# Which list of calibration/manifest.json feeds which network.
+NET_LISTS = {"detector": "frames", "classifier": "crops"}
 # Below this many readable images the activation ranges are guesswork.
 MIN_IMAGES = 8
 
@@ -51,8 +53,9 @@ def find_calibration_dir(model_dir: str | Path) -> Path:
 def calibration_files(calib_dir: str | Path, net: str) -> list[Path]:
     """Files listed for ``net`` in calibration/manifest.json, as paths.
 
-    Accepted shapes: ``{"detector": [...]}``, ``{"detector": {"files": [...]}}``
-    or the same under a top-level ``"networks"`` key.
+    The release lists ``{"frames": [{"file": ...}], "crops": [...]}`` (frames
+    calibrate the detector, crops the classifier); ``{"detector": [...]}`` and
+    ``{"detector": {"files": [...]}}`` are read too.
     """
     d = Path(calib_dir)
     path = d / CALIBRATION_MANIFEST
@@ -62,12 +65,17 @@ def calibration_files(calib_dir: str | Path, net: str) -> list[Path]:
         raise BackendError(f"calibration manifest missing: {path} (restore calibration/ from the release)") from None
     except (OSError, ValueError) as exc:
         raise BackendError(f"calibration manifest {path} is unreadable: {exc}") from None
-    entry = data.get("networks", data).get(net) if isinstance(data, dict) else None
+    entry = None
+    if isinstance(data, dict):
+        entry = data.get(NET_LISTS.get(net, net)) or data.get("networks", data).get(net)
     if isinstance(entry, dict):
         entry = entry.get("files")
     if not isinstance(entry, list) or not entry:
         raise BackendError(f"calibration manifest {path} lists no files for the {net}")
-    return [d / str(name) for name in entry]
+    names = [item.get("file") if isinstance(item, dict) else item for item in entry]
+    if not all(isinstance(n, str) and n for n in names):
+        raise BackendError(f"calibration manifest {path} has an entry without a file name for the {net}")
+    return [d / n for n in names]
 
 
 def _to_input(net: str, rgb: np.ndarray) -> np.ndarray:
