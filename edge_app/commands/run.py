@@ -1,12 +1,113 @@
-"""`wbc-counter run` (being built; see the issue tracker)."""
+"""``wbc-counter run --source URI``: the kiosk. Count a differential live.
 
+``--summary-json PATH`` writes, when the source ends or the target is reached:
+``{"session", "total", "counts", "percent", "ci95", "other", "frames", "fps"}``
+plus the rest of the result payload. Exit 0 when the session was finalised,
+1 when it ended otherwise (stopped by a signal: left open, resumable), 2 on a
+usage or device error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
 import sys
+from pathlib import Path
+
+from edge_app.capture import CaptureError, open_source
+from edge_app.config import load_config
+from edge_app.display import DisplayError, Mp4Recorder, open_display
+from edge_app.store import Store
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("session", "total", "counts", "percent", "ci95", "other", "frames", "fps")
 
 
 def add_parser(sub):
-    return sub.add_parser("run", help="(not built yet)")
+    p = sub.add_parser("run", help="count a live differential from a camera, video or image folder")
+    add_source_args(p)
+    p.add_argument("--target", type=int, default=None, help="cells to count (default from config: 100)")
+    p.add_argument("--sample-id", default=None, help="sample / accession id recorded with the session")
+    p.add_argument("--wbc-count", type=float, default=None, help="total WBC count (x10^9/L) for absolute counts")
+    p.add_argument("--headless", action="store_true", help="no screen (still counts and logs)")
+    p.add_argument("--fullscreen", action="store_true", help="kiosk: full-screen window")
+    p.add_argument("--record", default=None, metavar="OUT.mp4", help="write what the screen shows to an MP4")
+    p.add_argument("--summary-json", default=None, metavar="PATH", help="write the result summary as JSON")
+    return p
+
+
+def add_source_args(p) -> None:
+    p.add_argument("--source", required=True, metavar="URI",
+                   help="v4l2:///dev/video0, csi://0, a video file, an image folder, replay://FILE")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
+    p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
+
+
+def load_bundle(cfg):
+    from edge_app.inference import ModelBundle
+
+    return ModelBundle(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
+                       threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
+                       engine_dir=cfg.inference.engine_dir)
+
+
+def write_summary(path: str, payload: dict) -> None:
+    out = {k: payload[k] for k in SUMMARY_KEYS}
+    out.update({k: v for k, v in payload.items() if k not in out and k not in ("sample_id", "operator")})
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(p)  # never leave a half-written summary
 
 
 def main(args) -> int:
-    print("wbc-counter run: not built yet", file=sys.stderr)
-    return 2
+    from edge_app.runner import LiveRun
+
+    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "tally.target": args.target}
+    if args.headless:
+        overrides["display.output"] = "headless"
+    cfg = load_config(args.config, overrides)
+    if args.summary_json and not Path(args.summary_json).resolve().parent.is_dir():
+        print(f"wbc-counter run: error: folder for --summary-json {args.summary_json} does not exist", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(args.source, cfg.capture)
+    except CaptureError as exc:
+        print(f"wbc-counter run: error: {exc}", file=sys.stderr)
+        return 2
+    bundle = load_bundle(cfg)
+    store = Store(args.data_dir)
+    sink = recorder = None
+    try:
+        size = (cfg.display.width, cfg.display.height)
+        sink = open_display(cfg.display.output, size, fullscreen=args.fullscreen)
+        if args.record:
+            recorder = Mp4Recorder(args.record, size, fps=float(cfg.capture.fps))
+        run = LiveRun(cfg=cfg, bundle=bundle, source=source, store=store, sink=sink, recorder=recorder,
+                      sample_id=args.sample_id, wbc_count=args.wbc_count)
+        run.install_signal_handlers()
+        result = run.run()
+    except DisplayError as exc:
+        print(f"wbc-counter run: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if sink is not None:
+            sink.close()
+        bundle.close()
+        store.close()
+    if result.error:
+        print(f"wbc-counter run: error: {result.error}", file=sys.stderr)
+    if result.payload is None:
+        print(f"wbc-counter run: session {result.session_id} left open ({result.reason}); "
+              "run again to resume it", file=sys.stderr)
+        return 2 if result.reason == "error" else 1
+    if args.summary_json:
+        write_summary(args.summary_json, result.payload)
+    pl = result.payload
+    line = ", ".join(f"{k} {pl['counts'][k]} ({pl['percent'][k]:.1f}%)" for k in pl["counts"])
+    print(f"session {result.session_id}: {pl['total']} cells ({result.reason}); {line}; other {pl['other']}; "
+          f"{pl['frames']} frames at {pl['fps']:.1f} fps")
+    return 0

@@ -1,0 +1,51 @@
+"""Fixtures of the kiosk tests: the fake bundle, synthetic pan videos, the shipped sample and model.
+
+Imported by each kiosk test module (not a conftest.py: the tests folder is
+shared with other components).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes import FakeBundle, make_slide, write_pan_video  # noqa: E402
+
+SAMPLE_VIDEO = ROOT / "samples" / "slide_pan_train.mp4"
+SAMPLE_TRUTH = ROOT / "samples" / "slide_pan_train.json"
+MODELS = ROOT / "models"
+
+
+@pytest.fixture
+def fake_bundle():
+    return FakeBundle()
+
+
+@pytest.fixture(scope="session")
+def synthetic_pan(tmp_path_factory):
+    """A synthetic slide-pan video with back-tracking and focus slips, and its truth."""
+    rng = np.random.default_rng(11)
+    classes = [0, 0, 0, 1, 1, 2, 3, 0, 1, 4, 0, 5]
+    slide, cells = make_slide(rng, size=(2200, 960), n_cells=24, classes=classes)
+    path = tmp_path_factory.mktemp("pan") / "pan.mp4"
+    info = write_pan_video(path, slide, rng, speed=16.0, slips=2)
+    return {"video": path, "cells": cells, **info}
+
+
+def model_available() -> bool:
+    return (MODELS / "manifest.json").is_file()
+
+
+requires_model = pytest.mark.skipif(not model_available(), reason="models/manifest.json not there yet")
+requires_sample = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="samples/slide_pan_train.mp4 missing")
+
+
+def sample_truth() -> dict:
+    return json.loads(SAMPLE_TRUTH.read_text())
