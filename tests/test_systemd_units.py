@@ -53,7 +53,7 @@ def test_counter_is_a_sandboxed_notify_service_with_watchdog(units):
     assert one(svc, "Service", "Restart") == "on-failure"
     assert one(svc, "Service", "User") == "wbc"
     assert set(one(svc, "Service", "SupplementaryGroups").split()) == {"video", "dialout"}
-    assert one(svc, "Service", "ExecStart").startswith(f"{WRAPPER} run ")
+    assert one(svc, "Service", "ExecStart").startswith(f"{WRAPPER} run --source ${{WBC_SOURCE}} ")
     assert "wbc-engine.service" in one(svc, "Unit", "After")
     assert "wbc-engine.service" in one(svc, "Unit", "Wants")
     assert one(svc, "Install", "WantedBy") == "multi-user.target"
@@ -77,7 +77,7 @@ def test_engine_oneshot_builds_then_selftests_before_the_counter(units):
     svc = units["wbc-engine.service"]
     assert one(svc, "Service", "Type") == "oneshot"
     assert "wbc-counter.service" in one(svc, "Unit", "Before")
-    assert " selftest --build-engine " in one(svc, "Service", "ExecStart")
+    assert " selftest --build-engine --camera ${WBC_SOURCE} " in one(svc, "Service", "ExecStart")
     assert "video" in one(svc, "Service", "SupplementaryGroups").split()  # the self-test opens the camera
 
 
