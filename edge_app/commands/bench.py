@@ -29,9 +29,28 @@ def add_parser(sub):
     return p
 
 
-def main(args) -> int:
+def bench(cfg, bundle, source, data_dir, frames: int) -> dict:
+    """Run the live loop headless for ``frames`` frames; the bench JSON object."""
     from edge_app.runner import LiveRun
 
+    bench_dir = data_dir / "bench"
+    shutil.rmtree(bench_dir, ignore_errors=True)
+    store = Store(bench_dir)
+    try:
+        # A huge target so the bench is never cut short by reaching it.
+        run = LiveRun(cfg=cfg, bundle=bundle, source=source, store=store, target=10 ** 9,
+                      max_frames=frames, finalise=False)
+        result = run.run()
+    finally:
+        store.close()
+        shutil.rmtree(bench_dir, ignore_errors=True)
+    if result.reason == "error":
+        return {"error": result.error}
+    return {"fps": round(result.fps, 2), "frames": result.pipeline.frames_this_run, "backend": bundle.backend_name,
+            "stages": result.pipeline.times.summary()}
+
+
+def main(args) -> int:
     if args.frames < 1:
         print("wbc-counter bench: error: --frames must be at least 1", file=sys.stderr)
         return 2
@@ -42,23 +61,12 @@ def main(args) -> int:
         print(f"wbc-counter bench: error: {exc}", file=sys.stderr)
         return 2
     bundle = load_bundle(cfg)
-    bench_dir = args.data_dir / "bench"
-    shutil.rmtree(bench_dir, ignore_errors=True)
-    store = Store(bench_dir)
     try:
-        # A huge target so the bench is never cut short by reaching it.
-        run = LiveRun(cfg=cfg, bundle=bundle, source=source, store=store, target=10 ** 9,
-                      max_frames=args.frames, finalise=False)
-        run.install_signal_handlers()
-        result = run.run()
+        out = bench(cfg, bundle, source, args.data_dir, args.frames)
     finally:
         bundle.close()
-        store.close()
-        shutil.rmtree(bench_dir, ignore_errors=True)
-    if result.reason == "error":
-        print(f"wbc-counter bench: error: {result.error}", file=sys.stderr)
+    if "error" in out:
+        print(f"wbc-counter bench: error: {out['error']}", file=sys.stderr)
         return 2
-    out = {"fps": round(result.fps, 2), "frames": result.pipeline.frames_this_run, "backend": bundle.backend_name,
-           "stages": result.pipeline.times.summary()}
     print(json.dumps(out), flush=True)
     return 0

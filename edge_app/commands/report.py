@@ -1,12 +1,41 @@
-"""`wbc-counter report` (being built; see the issue tracker)."""
+"""``wbc-counter report SESSION [--out DIR]``: print the result, write a PNG + HTML page.
 
+SESSION is a session id or a unique prefix of one (as shown on screen).
+Default output folder: ``<data-dir>/reports``.
+"""
+
+from __future__ import annotations
+
+import logging
 import sys
+
+from edge_app.store import Store
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub):
-    return sub.add_parser("report", help="(not built yet)")
+    p = sub.add_parser("report", help="print a session's result and write a one-page PNG/HTML report")
+    p.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default <data-dir>/reports)")
+    return p
 
 
 def main(args) -> int:
-    print("wbc-counter report: not built yet", file=sys.stderr)
-    return 2
+    from edge_app.report import write_report
+
+    db = args.data_dir / "wbc.sqlite3"
+    if not db.is_file():
+        print(f"wbc-counter report: error: no database at {db} (pass the --data-dir used by 'run')", file=sys.stderr)
+        return 2
+    out_dir = args.out or (args.data_dir / "reports")
+    with Store(args.data_dir) as store:
+        try:
+            text, png, page = write_report(store, args.session, out_dir)
+        except OSError as exc:
+            print(f"wbc-counter report: error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
+            return 2
+    print(text)
+    print(f"report: {png}")
+    print(f"report: {page}")
+    return 0

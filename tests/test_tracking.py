@@ -1,0 +1,108 @@
+"""Tracker in slide coordinates: confirmation, back-tracking, false positives, voting."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_app.config import TrackingConfig  # noqa: E402
+from edge_app.tracking import Tracker  # noqa: E402
+
+W, H = 640, 480
+
+
+def box_at(slide_xy, origin, r=40):
+    x, y = np.asarray(slide_xy) - origin
+    return [x - r, y - r, x + r, y + r]
+
+
+def step(tracker, cells, origin, frame):
+    """Detect every cell whose centre is in view (as a detector would)."""
+    boxes = [box_at(c, origin) for c in cells
+             if 0 <= c[0] - origin[0] < W and 0 <= c[1] - origin[1] < H]
+    return tracker.update(np.array(boxes).reshape(-1, 4), [0.9] * len(boxes), np.array(origin, float), frame, (W, H))
+
+
+def test_cell_sliding_across_the_view_is_one_confirmed_track():
+    t = Tracker(TrackingConfig())
+    cell = (600.0, 240.0)
+    ids = set()
+    for f in range(30):
+        ms = step(t, [cell], (f * 15.0, 0.0), f)
+        ids |= {m.track.id for m in ms}
+    assert len(ids) == 1 and t.tracks[0].confirmed and t.tracks[0].hits >= 3
+
+
+def test_backtracking_meets_the_old_track_again():
+    t = Tracker(TrackingConfig())
+    cell = (300.0, 240.0)
+    xs = list(range(0, 600, 20)) + list(range(600, 0, -20))  # out of view, then back
+    ids = set()
+    for f, x in enumerate(xs):
+        ids |= {m.track.id for m in step(t, [cell], (float(x), 0.0), f)}
+    assert ids == {1}
+
+
+def test_neighbouring_cells_stay_separate():
+    t = Tracker(TrackingConfig())
+    cells = [(300.0, 240.0), (390.0, 240.0)]
+    for f in range(10):
+        step(t, cells, (f * 5.0, 0.0), f)
+    assert sorted(tr.id for tr in t.tracks) == [1, 2] and all(tr.confirmed for tr in t.tracks)
+
+
+def test_single_frame_false_positive_is_dropped():
+    t = Tracker(TrackingConfig(drop_unconfirmed_after=3))
+    step(t, [(320.0, 240.0)], (0.0, 0.0), 0)
+    for f in range(1, 6):
+        step(t, [], (0.0, 0.0), f)
+    assert t.tracks == []
+
+
+def test_votes_stop_after_enough_whole_crops_and_edge_crops_count_only_without_whole():
+    t = Tracker(TrackingConfig(votes_per_track=3))
+    probs = np.array([0.7, 0.1, 0.1, 0.05, 0.03, 0.02], np.float32)
+    # First seen cut by the left border: one edge vote allowed.
+    ms = t.update(np.array([[0, 100, 60, 180]]), [0.9], np.zeros(2), 0, (W, H))
+    assert not ms[0].whole and t.wants_vote(ms[0])
+    ms[0].track.add_vote(np.roll(probs, 1), ms[0].whole)
+    ms = t.update(np.array([[1, 100, 61, 180]]), [0.9], np.zeros(2), 1, (W, H))
+    assert not t.wants_vote(ms[0])
+    votes = 0
+    for f in range(2, 10):
+        ms = t.update(np.array([[20 + f, 100, 100 + f, 180]]), [0.9], np.zeros(2), f, (W, H))
+        if t.wants_vote(ms[0]):
+            ms[0].track.add_vote(probs, ms[0].whole)
+            votes += 1
+    tr = t.tracks[0]
+    assert votes == 3 and tr.whole_votes == 3
+    assert int(np.argmax(tr.probs)) == 0  # the edge vote (class 1) is ignored once whole crops exist
+    assert t.ready(9) == [tr]
+
+
+def test_confirmed_track_that_left_is_counted_with_its_votes_and_flush_takes_the_rest():
+    t = Tracker(TrackingConfig(count_after_lost_frames=4, votes_per_track=3))
+    p = np.eye(6, dtype=np.float32)[2]
+    for f in range(3):
+        ms = step(t, [(320.0, 240.0)], (0.0, 0.0), f)
+        if f == 0:
+            ms[0].track.add_vote(p, ms[0].whole)
+    assert t.ready(3) == []  # one vote, still in view
+    for f in range(3, 8):
+        step(t, [], (2000.0, 0.0), f)  # the stage moved far away
+    assert [tr.id for tr in t.ready(8)] == [1]
+    t.tracks[0].counted = True
+    assert t.flush() == []
+
+
+def test_forgotten_after_max_age():
+    t = Tracker(TrackingConfig(max_age_frames=10))
+    for f in range(4):
+        step(t, [(320.0, 240.0)], (0.0, 0.0), f)
+    t.tracks[0].counted = True
+    step(t, [], (5000.0, 0.0), 20)
+    assert t.tracks == []
