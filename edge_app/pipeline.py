@@ -91,6 +91,7 @@ class Pipeline:
         self.events: list[str] = []
         self.selected: int | None = None  # cell id the technician is correcting
         self.stop_counting = False
+        self.paused_frames = 0  # frames not counted on (focus, exposure)
 
     # -- the hot path -------------------------------------------------------
     def step(self, frame) -> FrameState:
@@ -105,6 +106,7 @@ class Pipeline:
         t_track = (time.perf_counter() - t0) * 1000
 
         counting = quality.ok and not self.stop_counting and not self.target_pending_reached
+        self.paused_frames += not quality.ok
         det_ms = cls_ms = log_ms = 0.0
         if counting:
             t0 = time.perf_counter()

@@ -16,25 +16,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes import FakeBundle, make_slide, write_pan_video  # noqa: E402
+from tests.fakes import FakeBundle, make_slide, write_pan_video  # noqa: E402, F401
 
 SAMPLE_VIDEO = ROOT / "samples" / "slide_pan_train.mp4"
 SAMPLE_TRUTH = ROOT / "samples" / "slide_pan_train.json"
 MODELS = ROOT / "models"
 
 
-@pytest.fixture
-def fake_bundle():
-    return FakeBundle()
+def build_synthetic_pan(folder: Path) -> dict:
+    """A synthetic slide-pan video with back-tracking and focus slips, and its truth.
 
-
-@pytest.fixture(scope="session")
-def synthetic_pan(tmp_path_factory):
-    """A synthetic slide-pan video with back-tracking and focus slips, and its truth."""
+    Test modules wrap it in their own fixture (``scope="module"``).
+    """
     rng = np.random.default_rng(11)
     classes = [0, 0, 0, 1, 1, 2, 3, 0, 1, 4, 0, 5]
     slide, cells = make_slide(rng, size=(2200, 960), n_cells=24, classes=classes)
-    path = tmp_path_factory.mktemp("pan") / "pan.mp4"
+    path = Path(folder) / "pan.mp4"
     info = write_pan_video(path, slide, rng, speed=16.0, slips=2)
     return {"video": path, "cells": cells, **info}
 

@@ -1,0 +1,118 @@
+"""The whole live loop on real video files: synthetic slides with the fake model, the shipped
+real-image sample with the real TFLite INT8 model (once models/ exists)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_app.capture import open_source  # noqa: E402
+from edge_app.config import load_config  # noqa: E402
+from edge_app.labels import FIVE_PART  # noqa: E402
+from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.store import Store  # noqa: E402
+from tests.kiosk_fixtures import (  # noqa: E402
+    SAMPLE_VIDEO,
+    FakeBundle,
+    build_synthetic_pan,
+    requires_model,
+    requires_sample,
+    sample_truth,
+)
+
+
+@pytest.fixture
+def fake_bundle():
+    return FakeBundle()
+
+
+@pytest.fixture(scope="module")
+def synthetic_pan(tmp_path_factory):
+    return build_synthetic_pan(tmp_path_factory.mktemp("pan"))
+
+
+def live_run(data_dir, bundle, uri, cfg=None, **kw):
+    cfg = cfg or load_config(None)
+    store = Store(data_dir)
+    run = LiveRun(cfg=cfg, bundle=bundle, source=open_source(str(uri), cfg.capture), store=store, **kw)
+    return run.run(), store
+
+
+def test_synthetic_pan_counts_every_cell_once(tmp_path, fake_bundle, synthetic_pan):
+    path = synthetic_pan["path"]
+    assert (np.diff(path[:, 0]) < 0).any() and (np.diff(path[:, 0]) > 0).any()  # the pan backs up
+    res, store = live_run(tmp_path, fake_bundle, synthetic_pan["video"], target=1000)
+    truth = Counter(c["class"] for c in synthetic_pan["cells"])
+    assert res.reason == "source-ended"
+    assert res.payload["counts"] == {k: truth.get(k, 0) for k in FIVE_PART}
+    assert res.payload["other"] == truth["other"]
+    assert res.payload["frames"] == len(path)
+    assert res.pipeline.paused_frames > 0  # the focus slips paused counting
+    rows = store.cells(res.session_id)
+    assert len(rows) == len(synthetic_pan["cells"])
+    for r in rows:
+        assert r["crop"] and json.loads(r["box"]) and r["frame_index"] is not None
+        assert abs(sum(json.loads(r["probs"]).values()) - 1) < 1e-2
+    assert store.session(res.session_id)["status"] == "finalised"
+    assert store.result(res.session_id)["total"] == res.payload["total"]
+
+
+def test_without_stage_motion_backtracking_double_counts(tmp_path, fake_bundle, synthetic_pan):
+    """The slide-coordinate tracking is what keeps the count right: freeze it and it overcounts."""
+    cfg = load_config(None)
+    store = Store(tmp_path)
+    run = LiveRun(cfg=cfg, bundle=fake_bundle, source=open_source(str(synthetic_pan["video"])), store=store,
+                  target=1000)
+    run.pipeline.motion.update = lambda grey, w=None: None  # origin stays at 0
+    res = run.run()
+    assert res.payload["total"] + res.payload["other"] > len(synthetic_pan["cells"])
+
+
+def test_target_stops_at_exactly_the_target(tmp_path, fake_bundle, synthetic_pan):
+    res, store = live_run(tmp_path, fake_bundle, synthetic_pan["video"], target=8)
+    assert res.reason == "target" and res.payload["total"] == 8
+    assert res.payload["frames"] < len(synthetic_pan["path"])
+    assert sum(v for k, v in store.label_counts(res.session_id).items() if k != "other") == 8
+
+
+def test_live_source_resumes_an_open_session_and_a_file_aborts_it(tmp_path, fake_bundle, synthetic_pan):
+    store = Store(tmp_path)
+    old = store.open_session(target=1000, sample_id="S-1")
+    store.add_cell(old, label="basophil", confidence=0.9)
+    store.close()
+    res, store = live_run(tmp_path, fake_bundle, f"replay://{synthetic_pan['video']}?fps=240", target=1000,
+                          sample_id="S-1")
+    assert res.session_id == old  # resumed
+    assert res.payload["counts"]["basophil"] >= 1 and store.session(old)["status"] == "finalised"
+
+    again = store.open_session(target=1000, sample_id="S-2")
+    store.close()
+    res2, store = live_run(tmp_path, fake_bundle, synthetic_pan["video"], target=1000, sample_id="S-2")
+    assert res2.session_id != again and store.session(again)["status"] == "aborted"
+
+
+@requires_model
+@requires_sample
+def test_real_model_on_the_real_sample_video(tmp_path):
+    """Acceptance on training-side frames: unique count within 5%, percentages inside our 95% CIs."""
+    from edge_app.commands.run import load_bundle
+
+    cfg = load_config(None, {"inference.backend": "tflite"})
+    bundle = load_bundle(cfg)
+    try:
+        res, store = live_run(tmp_path, bundle, SAMPLE_VIDEO, cfg=cfg, target=1000)
+    finally:
+        bundle.close()
+    truth = sample_truth()
+    counted = res.payload["total"] + res.payload["other"]
+    assert abs(counted - truth["unique_wbc"]) <= 0.05 * truth["unique_wbc"], (counted, res.payload)
+    for k in FIVE_PART:
+        lo, hi = res.payload["ci95"][k]
+        assert lo - 1e-6 <= truth["percent"][k] <= hi + 1e-6, (k, truth["percent"][k], res.payload["ci95"][k])

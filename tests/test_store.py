@@ -1,0 +1,80 @@
+"""The store writer thread on a real SQLite file: order, durability hand-back, crops, failures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_app.store import Store  # noqa: E402
+from edge_app.store.writer import StoreWriter  # noqa: E402
+
+
+def drain(writer, n, timeout=10.0):
+    import time
+    out, end = [], time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < end:
+        out += writer.done()
+        time.sleep(0.01)
+    return out
+
+
+def test_cells_committed_in_order_and_reported_after_commit(tmp_path):
+    store = Store(tmp_path)
+    sid = store.open_session(target=100)
+    w = StoreWriter(store, crop_size=48)
+    w.start()
+    crop = np.zeros((90, 90, 3), np.uint8)
+    crop[20:70, 20:70] = (150, 40, 160)
+    for i in range(5):
+        w.submit("cell", f"t{i}", session_id=sid, label="neutrophil", probs={"neutrophil": 0.9}, confidence=0.9,
+                 box=[1, 2, 3, 4], slide_xy=(10.0 * i, 0.0), frame_index=i, track_id=i, crop_rgb=crop)
+    done = drain(w, 5)
+    w.close()
+    assert [d.tag for d in done] == [f"t{i}" for i in range(5)]
+    # Every reported cell is on disk, visible to a fresh connection.
+    with Store(tmp_path) as other:
+        rows = other.cells(sid)
+    assert [r["id"] for r in rows] == [d.value for d in done]
+    jpeg = cv2.imdecode(np.frombuffer(rows[0]["crop"], np.uint8), cv2.IMREAD_COLOR)
+    assert jpeg.shape == (48, 48, 3)
+    assert rows[2]["slide_x"] == 20.0 and rows[2]["frame_index"] == 2
+
+
+def test_corrections_through_the_writer_record_who_when_from_to(tmp_path):
+    store = Store(tmp_path)
+    sid = store.open_session(target=100)
+    w = StoreWriter(store)
+    w.start()
+    w.submit("cell", None, session_id=sid, label="monocyte", confidence=0.4, flagged=True)
+    cell_id = drain(w, 1)[0].value
+    w.submit("reclassify", None, session_id=sid, cell_id=cell_id, to_label="lymphocyte", operator="tech-a")
+    w.submit("manual", None, session_id=sid, label="basophil", operator="tech-a")
+    w.submit("undo", None, session_id=sid, operator="tech-b")
+    done = drain(w, 3)
+    w.close()
+    assert [d.kind for d in done] == ["reclassify", "manual", "undo"]
+    assert done[2].value["action"] == "add"  # the undo took back the hand-added cell
+    corr = [dict(c) for c in Store(tmp_path).corrections(sid)]
+    assert [(c["action"], c["from_label"], c["to_label"], c["operator"]) for c in corr] == [
+        ("reclassify", "monocyte", "lymphocyte", "tech-a"), ("add", None, "basophil", "tech-a"),
+        ("undo", "basophil", None, "tech-b")]
+    assert all(c["at"] for c in corr)
+    labels = Store(tmp_path).label_counts(sid)
+    assert labels == {"lymphocyte": 1}
+
+
+def test_write_failure_is_reported_not_swallowed(tmp_path):
+    store = Store(tmp_path)
+    sid = store.open_session(target=100)
+    w = StoreWriter(store)
+    w.start()
+    w.submit("cell", None, session_id="no-such-session", label="neutrophil")  # foreign key violation
+    done = drain(w, 1)
+    w.close()
+    assert done[0].kind == "error" and "database write failed" in w.error
+    assert store.cells(sid) == []
