@@ -1,7 +1,8 @@
 // Test-only FHIR R4 server: the Medplum in-memory router behind node:http.
 //
 // Serves http://127.0.0.1:PORT/fhir/R4/ and prints {"port": N} on stdout once
-// listening (PORT=0 picks a free port). Settings come from the environment:
+// listening (PORT=0 picks a free port), then one {"event": "stored"|"hang"} line per
+// write or hung request. Settings come from the environment:
 //   WBC_FHIR_PORT          port to bind (default 0)
 //   WBC_FHIR_TOKEN         if set, every request needs "Authorization: Bearer <token>"
 //   WBC_FHIR_STATE         JSON file the resources are saved to after every write and
@@ -47,6 +48,11 @@ function save() {
   fs.renameSync(state + '.tmp', state); // atomic: a kill never leaves half a file
 }
 
+// One JSON line per notable event on stdout, so a test can wait for it.
+function emit(event) {
+  process.stdout.write(JSON.stringify({ event }) + '\n');
+}
+
 function send(res, status, body) {
   res.writeHead(status, { 'content-type': 'application/fhir+json' });
   res.end(JSON.stringify(body));
@@ -61,7 +67,10 @@ async function handle(req, res, text) {
     return send(res, 401, outcome('login', 'Unauthorized'));
   }
   if (!req.url.startsWith(BASE + '/') && req.url !== BASE) return send(res, 404, outcome('not-found', 'Not found'));
-  if (req.method === 'POST' && hangLeft > 0) { hangLeft--; return; }
+  if (req.method === 'POST' && hangLeft > 0) {
+    hangLeft--;
+    return emit('hang');
+  }
   if (req.method === 'POST' && failLeft > 0) {
     failLeft--;
     return send(res, failStatus, outcome('transient', 'injected failure ' + failStatus));
@@ -81,6 +90,7 @@ async function handle(req, res, text) {
   if (req.method !== 'GET' && status < 400) {
     save();
     writes++;
+    emit('stored');
     if (env.WBC_FHIR_CRASH_AFTER && writes >= Number(env.WBC_FHIR_CRASH_AFTER)) process.exit(3);
   }
   send(res, status, resource ?? result);
