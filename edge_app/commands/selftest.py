@@ -1,12 +1,102 @@
-"""`wbc-counter selftest` (being built; see the issue tracker)."""
+"""``wbc-counter selftest``: prove the kiosk still gives validated answers.
 
+Runs the checks of ``edge_app.selftest`` (disk, database, model files,
+TensorRT engine + calibration cache, reference images through the active
+backend, camera), prints one line per check, records the result in the
+database (the counter refuses to report results while the last one failed)
+and exits 0 when everything passed, 1 when something failed, 2 for a usage
+or configuration error.
+
+``--build-engine`` (what ``wbc-engine.service`` runs) builds the TensorRT
+engine first when it is missing or stale; without it a missing or stale
+engine is a failure. ``--update-from DIR`` installs the model folder DIR as a
+new version, self-tests it and keeps it, or rolls back to the previous one.
+``--json`` prints the recorded result as one JSON object instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
 import sys
+
+from edge_app.config import load_config
+from edge_app.selftest import DEFAULT_CAMERA, record, run_selftest
+from edge_app.store import Store, StoreError
+from edge_app.watchdog import SystemdNotifier
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub):
-    return sub.add_parser("selftest", help="(not built yet)")
+    p = sub.add_parser("selftest", help="check engine, reference answers, camera, disk and database",
+                       description="Exit 0 = fit to count, 1 = a check failed (the counter will not report), "
+                                   "2 = usage/config error.")
+    p.add_argument("--build-engine", action="store_true",
+                   help="build the TensorRT engine first if it is missing or stale (first boot, new model)")
+    cam = p.add_mutually_exclusive_group()
+    cam.add_argument("--camera", metavar="URI", default=None,
+                     help=f"camera to check (default: $WBC_SOURCE or {DEFAULT_CAMERA})")
+    cam.add_argument("--no-camera", action="store_true", help="skip the camera check (bench use only)")
+    p.add_argument("--model-dir", default=None, help="folder with manifest.json (default from config)")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
+    p.add_argument("--precision", choices=("int8", "fp16", "fp32"), default=None)
+    p.add_argument("--update-from", metavar="DIR", default=None,
+                   help="install model folder DIR as a new version; keep it only if its self-test passes")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return p
 
 
 def main(args) -> int:
-    print("wbc-counter selftest: not built yet", file=sys.stderr)
-    return 2
+    cfg = load_config(args.config, {"inference.backend": args.backend, "inference.precision": args.precision,
+                                    "model.dir": args.model_dir})
+    camera = args.camera or os.environ.get("WBC_SOURCE") or DEFAULT_CAMERA
+
+    def selftest(model_dir=None):
+        return run_selftest(cfg, args.data_dir, model_dir=model_dir, camera=camera, check_cam=not args.no_camera,
+                            build_engine=args.build_engine or bool(args.update_from))
+
+    if args.update_from:
+        from edge_app.updates import update_model
+
+        outcome = update_model(args.update_from, _models_root(cfg, args), selftest, _engine_dir(cfg, args))
+        result = outcome.result
+        print(outcome.message, file=sys.stderr if not outcome.kept else sys.stdout)
+    else:
+        result = selftest()
+    recorded = True
+    try:
+        with Store(args.data_dir) as store:
+            record(store, result)
+    except StoreError as exc:
+        recorded = False
+        logger.error("self-test result not recorded: %s", exc)
+    SystemdNotifier().status(result.summary())
+    if args.json:
+        print(json.dumps(result.as_event(), sort_keys=True))
+    else:
+        for c in result.checks:
+            print(f"{'PASS' if c.ok else 'FAIL'} {c.name}: {c.message}")
+        print(result.summary())
+    if not result.ok:
+        print(f"wbc-counter selftest: {result.summary()}", file=sys.stderr)
+    return 0 if result.ok and recorded else 1
+
+
+def _models_root(cfg, args):
+    """Versioned model folders live beside the ``active`` pointer the config names, else in the data dir."""
+    from pathlib import Path
+
+    from edge_app.updates import ACTIVE
+
+    d = Path(cfg.model.dir) if cfg.model.dir else None
+    if d is not None and d.name == ACTIVE:
+        return d.parent
+    return Path(args.data_dir) / "models"
+
+
+def _engine_dir(cfg, args):
+    from pathlib import Path
+
+    return Path(cfg.inference.engine_dir) if cfg.inference.engine_dir else Path(args.data_dir) / "engines"
