@@ -46,8 +46,10 @@ def _path_kind(path: str, uri: str) -> str:
         return "folder"
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return "folder"  # a single image is a one-frame folder
-    if p.exists() or p.suffix.lower() in VIDEO_EXTENSIONS:
+    if p.is_file():
         return "file"
+    if not p.exists() and (p.suffix.lower() in VIDEO_EXTENSIONS or "/" in path):
+        raise URIError(f"source not found: {path} (check the path, or use v4l2:///dev/video0 for a camera)")
     raise URIError(f"source '{uri}' is neither an existing file, folder nor a known URI "
                    "(use v4l2:///dev/video0, csi://0, a video file or an image folder)")
 
@@ -83,4 +85,4 @@ def parse_uri(uri: str) -> SourceURI:
     if scheme in ("http", "https"):
         return SourceURI("file", uri, options, uri)  # OpenCV/FFmpeg streams it
     raise URIError(f"unknown source scheme '{scheme}://' in '{uri}' "
-                   "(use v4l2://, csi://, rtsp://, file://, replay:// or a path)")
+                   "(use v4l2:///dev/video0, csi://0, rtsp://, file://, replay:// or a path)")
