@@ -13,12 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from edge_app.store.db import Store
-from edge_app.sync.loinc import PERCENT_CODES
-from tests.sync_fixtures import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_app.store.db import Store  # noqa: E402
+from edge_app.sync.loinc import PERCENT_CODES  # noqa: E402
+from tests.sync_fixtures import (  # noqa: E402
     IDENT_SYSTEM,
     ROOT,
     finalised_session,
