@@ -20,11 +20,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import trt_fakes  # noqa: E402
 
-from edge_app import cli, engine_cache, preprocess  # noqa: E402
+from edge_app import cli, engine_cache  # noqa: E402
 from edge_app import selftest as st  # noqa: E402
 from edge_app.capture import CaptureError, FrameSource  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.inference import Classifier, Detector, Manifest  # noqa: E402
+from edge_app.inference import Manifest  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,36 +39,12 @@ def _images():
     return crops, frames
 
 
-def write_reference(model_dir: Path, crops, frames) -> None:
-    """reference/ as scripts.make_reference writes it, from the FP32 ONNX via onnxruntime."""
-    from scripts.make_reference import DETECT_THRESHOLD, OnnxFP32Backend
-
-    manifest = Manifest.load(model_dir)
-    classifier = Classifier(OnnxFP32Backend(manifest, "classifier"))
-    detector = Detector(OnnxFP32Backend(manifest, "detector"), int(manifest.entry("detector")["stride"]),
-                        threshold=DETECT_THRESHOLD)
-    out = model_dir / st.REFERENCE_DIR
-    out.mkdir()
-    ref = {"model_version": manifest.version, "detect_threshold": DETECT_THRESHOLD, "classifier": [], "detector": []}
-    for p in crops:
-        shutil.copy(p, out / p.name)
-        probs = classifier(preprocess.read_rgb(str(p))).probs
-        ref["classifier"].append({"file": p.name, "sha256": engine_cache.sha256_file(p),
-                                  "probs": [float(v) for v in probs]})
-    for p in frames:
-        shutil.copy(p, out / p.name)
-        found = detector(preprocess.read_rgb(str(p)))
-        ref["detector"].append({"file": p.name, "sha256": engine_cache.sha256_file(p),
-                                "boxes": [[float(v) for v in d.box] for d in found]})
-    (out / st.REFERENCE_FILE).write_text(json.dumps(ref))
-
-
 @pytest.fixture
 def kiosk(tmp_path):
     """A tiny model bundle with calibration set and references, a data dir and a camera folder."""
     crops, frames = _images()
     model_dir = trt_fakes.write_tiny_bundle(tmp_path, crops, frames)
-    write_reference(model_dir, crops[:4], frames[:2])
+    trt_fakes.write_reference(model_dir, crops[:4], frames[:2])
     camera = tmp_path / "camera"
     camera.mkdir()
     for p in frames[:3]:

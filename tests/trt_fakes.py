@@ -478,11 +478,11 @@ def install(monkeypatch, version="8.6.1", gpu="Orin", cc=(8, 7), **kw):
 CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "other"]
 
 
-def _classifier_onnx() -> bytes:
+def _classifier_onnx(seed: int = 0) -> bytes:
     import onnx
     from onnx import TensorProto, helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     w = helper.make_tensor("w", TensorProto.FLOAT, (3, 6), (rng.normal(size=(3, 6)) / 50).astype(np.float32).ravel())
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2], keepdims=0),  # (1,3)
@@ -537,13 +537,17 @@ def _sha(path: Path) -> str:
 
 
 def write_tiny_bundle(root: Path, calib_crops: list[Path] = (), calib_frames: list[Path] = (),
-                      version: str = "test-1", qdq: bool = True) -> Path:
-    """models/ with tiny ONNX models + manifest.json, and calibration/ beside it. Returns the model dir."""
+                      version: str = "test-1", qdq: bool = True, seed: int = 0) -> Path:
+    """models/ with tiny ONNX models + manifest.json, and calibration/ beside it. Returns the model dir.
+
+    ``seed`` changes the classifier's weights: another model release with other hashes.
+    """
     model_dir = root / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
     specs = {
-        "classifier": (_classifier_onnx(), "image", [1, 96, 96, 3], [("probs", [1, 6]), ("attention", [1, 12, 12, 1])]),
+        "classifier": (_classifier_onnx(seed), "image", [1, 96, 96, 3],
+                       [("probs", [1, 6]), ("attention", [1, 12, 12, 1])]),
         "detector": (_detector_onnx(), "frame", [1, 240, 320, 3],
                      [("heatmap", [1, 60, 80, 1]), ("ltrb", [1, 60, 80, 4])]),
     }
@@ -570,3 +574,29 @@ def write_tiny_bundle(root: Path, calib_crops: list[Path] = (), calib_frames: li
             listing[kind].append({"file": f"{kind}/{src.name}", "source": "test"})
     (calib / "manifest.json").write_text(json.dumps(listing))
     return model_dir
+
+
+def write_reference(model_dir: Path, crops, frames) -> None:
+    """reference/ as scripts.make_reference writes it, from the FP32 ONNX via onnxruntime."""
+    from edge_app import preprocess
+    from edge_app.inference import Classifier, Detector, Manifest, sha256_file
+    from edge_app.selftest import REFERENCE_DIR, REFERENCE_FILE
+    from scripts.make_reference import DETECT_THRESHOLD, OnnxFP32Backend
+
+    manifest = Manifest.load(model_dir)
+    classifier = Classifier(OnnxFP32Backend(manifest, "classifier"))
+    detector = Detector(OnnxFP32Backend(manifest, "detector"), int(manifest.entry("detector")["stride"]),
+                        threshold=DETECT_THRESHOLD)
+    out = model_dir / REFERENCE_DIR
+    out.mkdir()
+    ref = {"model_version": manifest.version, "detect_threshold": DETECT_THRESHOLD, "classifier": [], "detector": []}
+    for p in crops:
+        shutil.copy(p, out / p.name)
+        probs = classifier(preprocess.read_rgb(str(p))).probs
+        ref["classifier"].append({"file": p.name, "sha256": sha256_file(p), "probs": [float(v) for v in probs]})
+    for p in frames:
+        shutil.copy(p, out / p.name)
+        found = detector(preprocess.read_rgb(str(p)))
+        ref["detector"].append({"file": p.name, "sha256": sha256_file(p),
+                                "boxes": [[float(v) for v in d.box] for d in found]})
+    (out / REFERENCE_FILE).write_text(json.dumps(ref))
