@@ -24,7 +24,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "onnxruntime>=1.16", "fhir.resources>=7", "fhirclient>=4.1",
-                 "hl7apy>=1.3.4", "hl7>=0.4.5", "ruff>=0.4", "pyyaml>=6"],
+                 "hl7apy>=1.3.4", "hl7>=0.4.5", "ruff>=0.4", "pyyaml>=6",
+                 # display tests grab the Xvfb screen (ImageGrab, XCB)
+                 "pillow>=9.2"],
         "train": ["torch==2.13.0", "litert-torch>=0.10", "ai-edge-quantizer>=0.10", "onnxruntime>=1.16",
                   "onnxscript", "tqdm", "matplotlib"],
     },
