@@ -358,6 +358,7 @@ class MllpPeer:
     def __init__(self, answers=("AA",)):
         self.answers = list(answers)
         self.messages = []
+        self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -377,33 +378,42 @@ class MllpPeer:
                 conn, _ = self.sock.accept()
             except socket.timeout:
                 continue
-            with conn:
-                conn.settimeout(10)
-                buf = b""
-                try:
-                    while b"\x1c\x0d" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        buf += chunk
-                except socket.timeout:
-                    continue
-                if not buf.startswith(b"\x0b") or b"\x1c\x0d" not in buf:
-                    continue
-                msg = buf[1:buf.index(b"\x1c\x0d")].decode("utf-8")
+            # One thread per connection: a "silent" answer must not hold up the retry.
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn) -> None:
+        with conn:
+            conn.settimeout(10)
+            buf = b""
+            try:
+                while b"\x1c\x0d" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except socket.timeout:
+                return
+            if not buf.startswith(b"\x0b") or b"\x1c\x0d" not in buf:
+                return
+            msg = buf[1:buf.index(b"\x1c\x0d")].decode("utf-8")
+            with self.lock:
                 self.messages.append(msg)
                 answer = self.answers[min(len(self.messages) - 1, len(self.answers) - 1)]
-                if answer == "silent":
-                    self.stop.wait(3)
-                    continue
-                if answer == "close":
-                    continue
-                fields = msg.split("\r")[0].split("|")
-                ctrl = "not-yours" if answer == "wrong-id" else fields[9]
-                code = "AA" if answer == "wrong-id" else answer
-                ack = (f"MSH|^~\\&|LIS|LAB|{fields[2]}|{fields[3]}|20250101000000||ACK^R01^ACK|A{len(self.messages)}"
-                       f"|P|2.5.1\rMSA|{code}|{ctrl}|{'' if code == 'AA' else 'test says ' + code}\r")
+                n = len(self.messages)
+            if answer == "silent":
+                self.stop.wait(3)
+                return
+            if answer == "close":
+                return
+            fields = msg.split("\r")[0].split("|")
+            ctrl = "not-yours" if answer == "wrong-id" else fields[9]
+            code = "AA" if answer == "wrong-id" else answer
+            ack = (f"MSH|^~\\&|LIS|LAB|{fields[2]}|{fields[3]}|20250101000000||ACK^R01^ACK|A{n}"
+                   f"|P|2.5.1\rMSA|{code}|{ctrl}|{'' if code == 'AA' else 'test says ' + code}\r")
+            try:
                 conn.sendall(b"\x0b" + ack.encode() + b"\x1c\x0d")
+            except OSError:
+                pass  # the client gave up already
 
     def close(self) -> None:
         self.stop.set()
