@@ -212,6 +212,9 @@ class LiveRun:
                                       fps=fps, finalised_at=utcnow())
             self.store.finalise_session(self.info.session_id, payload, destinations=("fhir",), frames=p.frames)
             logger.info("session %s finalised: %d cells (%s)", self.info.session_id, p.tally.total, reason)
+        if payload is None and reason == "error" and not p.tally.cells and not self.info.resumed:
+            # The source never delivered (unreadable video, camera gone): nothing to keep open.
+            self.store.abort_session(self.info.session_id)
         if self.sink is not None and reason == "target":
             # A clear signal on screen: hold the final picture briefly.
             until = time.monotonic() + 2.0

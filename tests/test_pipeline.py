@@ -115,3 +115,11 @@ def test_real_model_on_the_real_sample_video(tmp_path):
     result = score(sample_truth(), res.payload)
     assert result["count_ok"], result
     assert result["percent_ok"], result
+
+
+def test_unreadable_video_ends_cleanly_without_a_dangling_session(tmp_path, fake_bundle):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00garbage" * 200)
+    res, store = live_run(tmp_path / "d", fake_bundle, bad)
+    assert res.reason == "error" and "cannot read video" in res.error and res.payload is None
+    assert store.session(res.session_id)["status"] == "aborted" and store.open_sessions() == []

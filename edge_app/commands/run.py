@@ -100,6 +100,8 @@ def main(args) -> int:
         store.close()
     if result.error:
         print(f"wbc-counter run: error: {result.error}", file=sys.stderr)
+    if result.payload is None and result.reason == "error":
+        return 2
     if result.payload is None:
         print(f"wbc-counter run: session {result.session_id} left open ({result.reason}); "
               "run again to resume it", file=sys.stderr)
