@@ -84,11 +84,14 @@ def main(args) -> int:
     with lock:
         outbox = Outbox(store)
         for dest, sender in targets:
-            rc = max(rc, _send(outbox, dest, sender, session_id, result_id))
+            worker = SyncWorker(outbox, {dest: sender}, base_backoff_s=cfg.sync.base_backoff_s,
+                                max_backoff_s=cfg.sync.max_backoff_s)
+            rc = max(rc, _send(worker, dest, session_id, result_id))
     return rc
 
 
-def _send(outbox: Outbox, dest: str, sender, session_id: str, result_id: str) -> int:
+def _send(worker: SyncWorker, dest: str, session_id: str, result_id: str) -> int:
+    outbox, sender = worker.outbox, worker.senders[dest]
     outbox.enqueue(result_id, dest)  # queued first: a failed send is retried by 'sync', not lost
     entry = outbox.get(result_id, dest)
     if entry.status == "done":
@@ -99,7 +102,7 @@ def _send(outbox: Outbox, dest: str, sender, session_id: str, result_id: str) ->
             print(f"wbc-counter lis: re-send to {dest} failed: {exc}", file=sys.stderr)
             return 1
     else:
-        SyncWorker(outbox, {dest: sender}).deliver_now(entry)
+        worker.deliver_now(entry)
     row = outbox.conn.execute("SELECT status, last_error FROM outbox WHERE id=?", (entry.id,)).fetchone()
     print(json.dumps({"session": session_id, "destination": dest, "status": row["status"]}), flush=True)
     if row["status"] == "done":
