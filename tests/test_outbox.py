@@ -136,10 +136,13 @@ def test_one_slow_failure_does_not_block_other_entries(tmp_path):
 
 def test_a_bug_in_a_sender_loses_nothing(tmp_path, caplog):
     store, _ = _store(tmp_path, 2)
-    receiver = Script(KeyError("oops"), "ok")
+    receiver = Script(KeyError("S-0"), "ok")  # an exception whose text is a sample id
+    caplog.set_level(logging.DEBUG)
     s = _worker(store, {"fhir": receiver}).run_once()
     assert s.delivered == 1 and s.pending == 1
-    assert "internal error KeyError" in outbox_rows(store)[0]["last_error"]
+    err = outbox_rows(store)[0]["last_error"]
+    assert "internal error KeyError at test_outbox.py:" in err
+    assert "S-0" not in err and "S-0" not in caplog.text
 
 
 def test_entries_without_a_sender_wait(tmp_path):

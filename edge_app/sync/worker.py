@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Optional
@@ -102,14 +103,22 @@ class SyncWorker:
                          tag, msg)
             return
         except Exception as exc:  # a bug must not lose the entry nor stop the other deliveries
-            msg = f"internal error {type(exc).__name__} while sending (please report it)"
+            # Type and code location only: an exception's text may quote a sample id.
+            msg = f"internal error {type(exc).__name__} at {_where(exc)} while sending (please report it)"
             self.outbox.mark_retry(entry.id, msg, self._retry_at(attempt, now_utc()))
             summary.retrying += 1
             summary.errors.append(f"{entry.destination}: {msg}")
-            logger.error("%s: %s", tag, msg, exc_info=logger.isEnabledFor(logging.DEBUG))
+            logger.error("%s: %s", tag, msg)
             return
         self.outbox.mark_done(entry.id)
         self.outbox.store.log_event("delivered", {"result_id": entry.result_id, "destination": entry.destination,
                                                   "receipt": receipt, "attempts": attempt})
         summary.delivered += 1
         logger.info("%s: delivered (%s)", tag, receipt)
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb else "?"
