@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 W, H = 1280, 720
 TOP = 40
-FRAME_BOX = (8, TOP + 4, 760, 570)  # x, y, w, h of the live-frame area
+FRAME_BOX = (8, TOP + 4, 760, 560)  # x, y, w, h of the live-frame area
 PANEL_X = 780
 STRIP_Y = 620
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -42,8 +42,11 @@ class HudInfo:
     finished: str = ""  # shown large when the session ends (target reached / source ended)
 
 
-def _text(img, s, org, scale=0.55, colour=WHITE, thick=1):
-    cv2.putText(img, s, org, FONT, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+def _text(img, s, org, scale=0.55, colour=WHITE, thick=1, backing=False):
+    if backing:  # a dark plate keeps labels readable over the live frame
+        (tw, th), base = cv2.getTextSize(s, FONT, scale, thick)
+        x, y = org
+        cv2.rectangle(img, (x - 2, y - th - 3), (x + tw + 2, y + base), (20, 20, 20), -1)
     cv2.putText(img, s, org, FONT, scale, colour, thick, cv2.LINE_AA)
 
 
@@ -91,7 +94,7 @@ def render_hud(state, pipeline, info: HudInfo) -> np.ndarray:
             x1, y1, x2, y2 = (t.box * s).astype(int) + np.array([ox, oy, ox, oy])
             cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thick)
             tag = f"#{t.id} {label[:4]}" + (" *" if t.counted else "")
-            _text(canvas, tag, (x1 + 2, max(oy + 14, y1 - 5)), 0.45, colour)
+            _text(canvas, tag, (x1 + 2, max(oy + 14, y1 - 5)), 0.45, colour, backing=True)
         if not state.counting:
             msg = state.message or ("target reached" if tally.reached else "counting paused")
             cv2.rectangle(canvas, (ox, oy), (ox + small.shape[1], oy + 36), (0, 0, 120), -1)
