@@ -270,3 +270,13 @@ def test_no_sample_id_or_operator_in_logs(tmp_path, fhir_server, capsys, caplog)
     assert "delivered" in caplog.text  # the log did record the work
     for secret in ("SAMPLE-PRIVATE", "Jane Privacy", "test-token"):
         assert secret not in logged
+
+
+def test_error_operation_outcome_in_a_200_is_not_a_confirmation(tmp_path, fhir_server, capsys):
+    store = Store(tmp_path / "data")
+    _, rid = finalised_session(store)
+    fhir_server.restart(WBC_FHIR_FAIL="200:1")
+    rc, out, err = _sync(tmp_path, fhir_server.url, capsys)
+    assert rc == 1 and summary_line(out) == {"delivered": 0, "pending": 0, "failed": 1}
+    assert "rejected the bundle: error: injected failure 200" in err
+    assert _reports(fhir_server, rid) == []
