@@ -10,9 +10,11 @@ Layout (``/var/lib/wbc-counter/models`` on a kiosk)::
 
 A new model drops in as a folder; ``update_model`` copies it in under its
 manifest version, points ``active`` at it, and runs the self-test, which
-builds its TensorRT engine once. Only when that passes are the old model's
-engines deleted; otherwise ``active`` goes back to the previous version,
-whose engine was never touched, and the self-test is re-run on it so the
+builds its TensorRT engine once. Only the model's own checks (files, engine,
+reference answers) decide: a camera that is busy during the update does not
+throw a good model away. When they pass, the old model's engines are
+deleted; otherwise ``active`` goes back to the previous version, whose
+engine was never touched, and the self-test is re-run on it so the
 recorded result describes the model the counter will actually use.
 Pointers are swapped with an atomic rename, so a power cut mid-update leaves
 either the old or the new pointer, never none.
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 ACTIVE = "active"
 PREVIOUS = "previous"
+# Checks that judge the model itself. A camera in use or a full disk during an
+# update is reported, but is no reason to throw a good model away.
+MODEL_CHECKS = ("model", "engine", "reference")
 # Folders copied with a model when present beside or inside it.
 COMPANIONS = ("calibration", "reference")
 
@@ -165,6 +170,12 @@ def _retire_old(root: Path, engine_dir: Path | None) -> None:
         engine_cache.prune(engine_dir, model_hashes(root / ACTIVE))
 
 
+def model_passed(result) -> bool:
+    """The model checks ran and passed (whatever the camera or disk said)."""
+    checks = {c.name: c.ok for c in result.checks}
+    return all(checks.get(name) is True for name in MODEL_CHECKS)
+
+
 def update_model(src: str | Path, root: str | Path, selftest: Callable[..., object],
                  engine_dir: str | Path | None = None) -> UpdateOutcome:
     """Install ``src``, activate it, self-test it; keep it or roll back."""
@@ -178,11 +189,12 @@ def update_model(src: str | Path, root: str | Path, selftest: Callable[..., obje
                              f"{'passed' if result.ok else 'FAILED'}")
     activate(root, version)
     result = selftest(model_dir=root / ACTIVE)
-    if result.ok:
+    if model_passed(result):
         _retire_old(root, Path(engine_dir) if engine_dir else None)
+        others = "" if result.ok else f"; other checks failed: {result.summary()}"
         return UpdateOutcome(True, version, old, result,
                              f"model {version} passed its self-test and is now active"
-                             + (f" (previous {old} kept for rollback)" if old else ""))
+                             + (f" (previous {old} kept for rollback)" if old else "") + others)
     failed = result.summary()
     if old is None:
         return UpdateOutcome(False, version, None, result,

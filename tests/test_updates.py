@@ -42,8 +42,8 @@ def site(tmp_path, monkeypatch):
         shutil.copy(p, camera / p.name)
     cfg = load_config(None, {"inference.backend": "tensorrt", "model.dir": str(root / updates.ACTIVE)})
 
-    def selftest(model_dir=None):
-        return st.run_selftest(cfg, data, model_dir=model_dir, camera=str(camera), build_engine=True)
+    def selftest(model_dir=None, camera=str(camera)):
+        return st.run_selftest(cfg, data, model_dir=model_dir, camera=camera, build_engine=True)
 
     return {"tmp": tmp_path, "data": data, "root": root, "engines": data / "engines", "selftest": selftest,
             "camera": str(camera)}
@@ -137,3 +137,16 @@ def test_cli_update_from_records_the_active_models_result(site, capsys):
     with Store(site["data"]) as store:
         assert st.last_result_ok(store, "1.0")
     assert cli.main(args) == 0  # a plain self-test now runs on the active version's engine
+
+
+def test_busy_camera_during_update_does_not_roll_back_a_good_model(site):
+    v1 = _release(site["tmp"] / "v1", "1.0", 0)
+    assert updates.update_model(v1, site["root"], site["selftest"], site["engines"]).kept
+    v2 = _release(site["tmp"] / "v2", "2.0", 7)
+
+    def selftest_camera_busy(model_dir=None):
+        return site["selftest"](model_dir, camera="v4l2:///dev/video95")
+
+    outcome = updates.update_model(v2, site["root"], selftest_camera_busy, site["engines"])
+    assert outcome.kept and updates.active_version(site["root"]) == "2.0"
+    assert not outcome.result.ok and "camera" in outcome.message  # reported, recorded as a failed self-test

@@ -344,10 +344,15 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         bindings = getattr(self, "_bindings", None) or []
-        for b in bindings:
-            if b.device is not None:
-                b.device.free()
-                b.device = None
+        if bindings:
+            self._ctx.push()  # device memory belongs to the context: free it while current
+            try:
+                for b in bindings:
+                    if b.device is not None:
+                        b.device.free()
+                        b.device = None
+            finally:
+                self._ctx.pop()
         self._bindings = []
         self._context = self._engine = self._runtime = None
 
