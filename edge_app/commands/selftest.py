@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from edge_app.config import load_config
 from edge_app.selftest import DEFAULT_CAMERA, record, run_selftest
@@ -58,11 +59,15 @@ def main(args) -> int:
                             build_engine=args.build_engine or bool(args.update_from))
 
     if args.update_from:
-        from edge_app.updates import update_model
+        from edge_app.updates import ACTIVE, update_model
 
-        outcome = update_model(args.update_from, _models_root(cfg, args), selftest, _engine_dir(cfg, args))
+        root = _models_root(cfg, args)
+        outcome = update_model(args.update_from, root, selftest, _engine_dir(cfg, args))
         result = outcome.result
         print(outcome.message, file=sys.stderr if not outcome.kept else sys.stdout)
+        if not cfg.model.dir or Path(cfg.model.dir) != root / ACTIVE:
+            print(f"note: the counter loads [model] dir = {cfg.model.dir or 'the shipped models/'}; set it to "
+                  f"{root / ACTIVE} in the config to use the installed versions", file=sys.stderr)
     else:
         result = selftest()
     recorded = True
@@ -86,8 +91,6 @@ def main(args) -> int:
 
 def _models_root(cfg, args):
     """Versioned model folders live beside the ``active`` pointer the config names, else in the data dir."""
-    from pathlib import Path
-
     from edge_app.updates import ACTIVE
 
     d = Path(cfg.model.dir) if cfg.model.dir else None
@@ -97,6 +100,4 @@ def _models_root(cfg, args):
 
 
 def _engine_dir(cfg, args):
-    from pathlib import Path
-
     return Path(cfg.inference.engine_dir) if cfg.inference.engine_dir else Path(args.data_dir) / "engines"
