@@ -180,16 +180,25 @@ def test_keys_in_the_window_correct_the_tally(tmp_path, xvfb):
             for key in ("2", "2", "u"):  # two lymphocytes by hand, then undo one
                 sink.root.event_generate("<Key>", keysym=key)
             sink.root.update()
+        if p.frames_this_run == 200:
+            before["last"] = p.last_cell_id
+            for key in ("r", "1"):  # reclassify the last counted cell as a neutrophil
+                sink.root.event_generate("<Key>", keysym=key)
+            sink.root.update()
 
     sink.show = show
     result = run.run()
     sink.close()
-    assert result.payload["corrections"] == 3
+    assert result.payload["corrections"] == 4
     with Store(tmp_path / "d") as store:
-        corr = [(c["action"], c["to_label"]) for c in store.corrections(result.session_id)]
+        corr = [(c["action"], c["cell_id"] if c["action"] == "reclassify" else None, c["to_label"], c["operator"])
+                for c in store.corrections(result.session_id)]
         manual = [r for r in store.cells(result.session_id) if r["source"] == "manual"]
-    assert corr == [("add", "lymphocyte"), ("add", "lymphocyte"), ("undo", None)]
-    assert len(manual) == 1
+        relabelled = store.conn.execute("SELECT label FROM cells WHERE id=?", (before["last"],)).fetchone()[0]
+    op = cfg.kiosk.operator
+    assert corr == [("add", None, "lymphocyte", op), ("add", None, "lymphocyte", op), ("undo", None, None, op),
+                    ("reclassify", before["last"], "neutrophil", op)]
+    assert len(manual) == 1 and relabelled == "neutrophil"
 
 
 def test_headless_needs_no_display(monkeypatch):
