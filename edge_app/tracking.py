@@ -165,6 +165,7 @@ class Tracker:
                 t.confirmed = True
             matches.append(Match(t, boxes[di], scores[di], whole[di], False))
 
+        self._merge_duplicates(origin, w, h, frame_index)
         matched = {id(m.track) for m in matches}
         keep = []
         for t in self.tracks:
@@ -179,6 +180,54 @@ class Tracker:
             keep.append(t)
         self.tracks = keep
         return matches
+
+    def _merge_duplicates(self, origin: np.ndarray, w: int, h: int, frame_index: int) -> None:
+        """Fold tracks that turned out to be the same cell into one.
+
+        A detection can miss its track (a box cut by the border has a biased
+        centre, the detector skipped frames) and start a second track on the
+        same cell. Two tracks within the match gate of each other, at most one
+        of them seen in this frame (two boxes seen together are two cells), are
+        one cell: the counted or older one absorbs the other's hits and votes.
+        """
+        seen_now = [t for t in self.tracks if t.last_frame == frame_index]
+        dropped: set[int] = set()
+        for t in seen_now:
+            if id(t) in dropped:
+                continue
+            for o in self.tracks:
+                if o is t or id(o) in dropped or o.last_frame == frame_index:
+                    continue
+                if not self._in_view(o, origin, w, h, o.size):
+                    continue
+                if np.linalg.norm(t.center - o.center) > self.match_distance * max(t.size, o.size):
+                    continue
+                keep, drop = sorted((t, o), key=lambda x: (not x.counted, not x.confirmed, x.id))
+                if drop.counted:
+                    continue  # both already counted: nothing left to undo here
+                self._absorb(keep, drop)
+                dropped.add(id(drop))
+                if drop is t:
+                    break
+        if dropped:
+            self.tracks = [t for t in self.tracks if id(t) not in dropped]
+
+    def _absorb(self, keep: Track, drop: Track) -> None:
+        logger.debug("track %d merged into track %d", drop.id, keep.id)
+        keep.hits += drop.hits
+        keep.classified += drop.classified
+        keep.votes.extend(drop.votes)
+        keep.score = max(keep.score, drop.score)
+        keep.had_whole = keep.had_whole or drop.had_whole
+        keep.first_frame = min(keep.first_frame, drop.first_frame)
+        if drop.last_frame >= keep.last_frame:
+            keep.center, keep.box, keep.size, keep.last_frame = drop.center, drop.box, drop.size, drop.last_frame
+            keep.misses = 0
+        if drop._best_q > keep._best_q:
+            keep._best_q, keep.best_crop, keep.best_attention = drop._best_q, drop.best_crop, drop.best_attention
+            keep.best_box, keep.best_frame = drop.best_box, drop.best_frame
+        if keep.hits >= self.confirm_hits:
+            keep.confirmed = True
 
     def wants_vote(self, m: Match) -> bool:
         """Classify this detection? Only until the track has enough whole votes."""

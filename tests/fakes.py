@@ -137,3 +137,26 @@ def write_pan_video(path: Path, slide: np.ndarray, rng: np.random.Generator, spe
         writer.write(np.ascontiguousarray(view))
     writer.release()
     return {"path": pts, "sigma": sigma}
+
+
+class NoisyDetector:
+    """Wraps a detector the way a real one misbehaves: box jitter, missed frames, stray boxes."""
+
+    def __init__(self, inner, seed: int = 0, jitter_px: float = 5.0, miss: float = 0.2, stray: float = 0.05):
+        self.inner = inner
+        self.rng = np.random.default_rng(seed)
+        self.jitter_px, self.miss, self.stray = jitter_px, miss, stray
+
+    def __call__(self, frame_rgb, background=None):
+        from edge_app.inference import Detection
+
+        out = []
+        for d in self.inner(frame_rgb, background):
+            if self.rng.random() < self.miss:
+                continue
+            out.append(Detection((d.box + self.rng.normal(0, self.jitter_px, 4)).astype(np.float32), d.score))
+        if self.rng.random() < self.stray:
+            h, w = frame_rgb.shape[:2]
+            x, y = self.rng.uniform(0, w - 60), self.rng.uniform(0, h - 60)
+            out.append(Detection(np.array([x, y, x + 60, y + 60], np.float32), 0.4))
+        return out

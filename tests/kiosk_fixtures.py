@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes import FakeBundle, make_slide, write_pan_video  # noqa: E402, F401
+from tests.fakes import FakeBundle, NoisyDetector, make_slide, write_pan_video  # noqa: E402, F401
 
 SAMPLE_VIDEO = ROOT / "samples" / "slide_pan_train.mp4"
 SAMPLE_TRUTH = ROOT / "samples" / "slide_pan_train.json"

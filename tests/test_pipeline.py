@@ -21,6 +21,7 @@ from edge_app.store import Store  # noqa: E402
 from tests.kiosk_fixtures import (  # noqa: E402
     SAMPLE_VIDEO,
     FakeBundle,
+    NoisyDetector,
     build_synthetic_pan,
     requires_model,
     requires_sample,
@@ -62,6 +63,16 @@ def test_synthetic_pan_counts_every_cell_once(tmp_path, fake_bundle, synthetic_p
         assert abs(sum(json.loads(r["probs"]).values()) - 1) < 1e-2
     assert store.session(res.session_id)["status"] == "finalised"
     assert store.result(res.session_id)["total"] == res.payload["total"]
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_noisy_detector_still_counts_within_5_percent(tmp_path, synthetic_pan, seed):
+    """Box jitter (8 px), 30% missed detections, stray one-frame boxes: what a real detector does."""
+    bundle = FakeBundle()
+    bundle.detector = NoisyDetector(bundle.detector, seed=seed, jitter_px=8, miss=0.3, stray=0.1)
+    res, _ = live_run(tmp_path, bundle, synthetic_pan["video"], target=1000)
+    counted = res.payload["total"] + res.payload["other"]
+    assert abs(counted - len(synthetic_pan["cells"])) <= 0.05 * len(synthetic_pan["cells"])
 
 
 def test_without_stage_motion_backtracking_double_counts(tmp_path, fake_bundle, synthetic_pan):

@@ -106,3 +106,21 @@ def test_forgotten_after_max_age():
     t.tracks[0].counted = True
     step(t, [], (5000.0, 0.0), 20)
     assert t.tracks == []
+
+
+def test_second_track_on_the_same_cell_is_merged_not_counted_twice():
+    t = Tracker(TrackingConfig())  # gate 0.6 x 80 px = 48 px
+    t.update(np.array([[300, 200, 380, 280]]), [0.9], np.zeros(2), 0, (W, H))
+    t.update(np.array([[352, 200, 432, 280]]), [0.9], np.zeros(2), 1, (W, H))  # 52 px off: a second track
+    assert len(t.tracks) == 2
+    t.update(np.array([[326, 200, 406, 280]]), [0.9], np.zeros(2), 2, (W, H))  # in between: one cell after all
+    assert len(t.tracks) == 1
+    tr = t.tracks[0]
+    assert tr.id == 1 and tr.hits == 3 and tr.confirmed
+
+
+def test_two_cells_seen_together_are_never_merged():
+    t = Tracker(TrackingConfig())
+    for f in range(5):
+        t.update(np.array([[300, 200, 380, 280], [345, 200, 425, 280]]), [0.9, 0.9], np.zeros(2), f, (W, H))
+    assert len(t.tracks) == 2
