@@ -1,0 +1,95 @@
+"""Photometric and geometric augmentation on raw RGB uint8 camera pixels.
+
+Applied *before* the shared preprocessing (``edge_app.preprocess``), so the
+network learns on exactly what the runtime will hand it after the background
+normalisation, across stains, lamps, sensors and focus it has not seen:
+
+- stain: perturbation in haematoxylin-eosin-DAB optical-density space
+  (Ruifrok & Johnston colour deconvolution), not only HSV jitter;
+- camera: white-balance cast, exposure, gamma, contrast, vignetting;
+- optics: defocus blur, lost resolution (down/up-sampling);
+- sensor: Gaussian noise N = I + G*alpha with alpha up to 0.4 (covers the
+  alpha <= 0.35 robustness protocol), JPEG compression.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+
+
+def hed_jitter(img: np.ndarray, rng: np.random.Generator, sigma: float = 0.25, bias: float = 0.05) -> np.ndarray:
+    od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
+    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
+    hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3).astype(np.float32) + rng.uniform(-bias, bias, 3).astype(np.float32)
+    od = np.clip(hed @ _RGB_FROM_HED, 0, None)
+    out = 256.0 * np.exp(-od) - 1.0
+    return np.clip(out, 0, 255).reshape(img.shape).astype(np.uint8)
+
+
+def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x = img.astype(np.float32) / 255.0
+    x = x * rng.uniform(0.75, 1.25, 3).astype(np.float32)  # white balance / lamp colour
+    x = x * rng.uniform(0.6, 1.25)  # exposure
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.7, 1.3) + mean  # contrast
+    x = np.clip(x, 0, 1) ** rng.uniform(0.7, 1.4)  # gamma
+    if rng.random() < 0.4:  # vignetting: radial fall-off from a random centre
+        h, w = img.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        cy, cx = h * rng.uniform(0.3, 0.7), w * rng.uniform(0.3, 0.7)
+        r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / (max(h, w) ** 2)
+        x = x * (1 - rng.uniform(0.2, 0.8) * r2)[..., None]
+    return np.clip(x * 255.0, 0, 255).astype(np.uint8)
+
+
+def optics(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.3:
+        f = rng.uniform(0.35, 0.8)
+        h, w = img.shape[:2]
+        small = cv2.resize(img, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
+    return img
+
+
+def sensor(img: np.ndarray, rng: np.random.Generator, noise_p: float = 0.5, max_alpha: float = 0.4) -> np.ndarray:
+    if rng.random() < noise_p:
+        alpha = rng.uniform(0.02, max_alpha)
+        x = img.astype(np.float32) + rng.standard_normal(img.shape).astype(np.float32) * (alpha * 255.0)
+        img = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return img
+
+
+def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    if strength <= 0:
+        return img
+    img = hed_jitter(img, rng, sigma=0.25 * strength, bias=0.05 * strength)
+    img = camera(img, rng)
+    img = optics(img, rng)
+    return sensor(img, rng)
+
+
+def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=(0.85, 1.2), shift: float = 0.06) -> np.ndarray:
+    """Rotation by any angle (cells have no 'up'), flips, zoom, small shifts."""
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(0, 360), rng.uniform(*scale))
+    m[:, 2] += rng.uniform(-shift, shift, 2) * (w, h)
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return out[:, ::-1].copy() if rng.random() < 0.5 else out
+
+
+def add_gaussian_noise(img: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """The evaluation protocol N = I + G*alpha (I in [0, 1], G ~ N(0, 1)), clipped."""
+    x = img.astype(np.float32) / 255.0 + rng.standard_normal(img.shape).astype(np.float32) * alpha
+    return (np.clip(x, 0, 1) * 255.0 + 0.5).astype(np.uint8)

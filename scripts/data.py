@@ -1,0 +1,256 @@
+"""Index and cache the real smear data of ../shared/datasets for training.
+
+Two caches under ``.cache/`` (git-ignored), built once by
+``python -m scripts.data``:
+
+- ``cls.npz``: single-cell crops (128x128 RGB uint8, *before* the shared
+  preprocessing, so augmentation can act on raw camera pixels), with label,
+  source and split. Crop datasets (pbc, raabin, tecom) are taken whole;
+  frame datasets (chula, bccd) are cut around each labelled WBC box with the
+  runtime's own ``preprocess.cell_crop``. Unlabelled WBC crops (bccd frames
+  without subtype, txl_pbc frames from BCCD/Kaggle cameras) are kept with
+  label -1 for semi-supervised training.
+- ``det.npz``: whole frames fitted into 480x360 (letterbox-free resize that
+  keeps aspect), with their WBC boxes, source and split.
+
+Labels: the five leukocyte classes + "other" (PBC's immature granulocytes,
+erythroblasts and platelets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_app import preprocess  # noqa: E402
+from edge_app.labels import CLASS_INDEX  # noqa: E402
+from scripts.splits import DATASETS, split_of  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+CACHE = ROOT / ".cache"
+CROP = 128
+FRAME_FIT = (480, 360)
+PBC_TO_CLASS = {"ig": "other", "erythroblast": "other", "platelet": "other"}
+SOURCES = ("pbc", "raabin", "tecom", "chula", "bccd", "txl_pbc")
+SPLITS = ("train", "val", "test")
+
+
+def _read(path: Path) -> np.ndarray:
+    return preprocess.read_rgb(str(path))
+
+
+def _resize_square(img: np.ndarray) -> np.ndarray:
+    return cv2.resize(img, (CROP, CROP), interpolation=cv2.INTER_AREA)
+
+
+def frame_hash(img: np.ndarray) -> bytes:
+    """Tiny perceptual hash to find the same field in two datasets."""
+    g = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (16, 12), interpolation=cv2.INTER_AREA)
+    return (g > g.mean()).tobytes()
+
+
+def _bccd_rows():
+    rows: dict[str, list[dict]] = {}
+    with open(DATASETS / "bccd" / "boxes.csv") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(r["image"], []).append(r)
+    return rows
+
+
+def _chula_rows():
+    rows: dict[str, list[dict]] = {}
+    with open(DATASETS / "chula" / "boxes.csv") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(r["image"], []).append(r)
+    return rows
+
+
+def _txl_items():
+    out = []
+    for split in SPLITS:
+        for img in sorted((DATASETS / "txl_pbc" / "images" / split).glob("*.jpg")):
+            lab = DATASETS / "txl_pbc" / "labels" / split / (img.stem + ".txt")
+            boxes = []
+            if lab.is_file():
+                for line in lab.read_text().split("\n"):
+                    parts = line.split()
+                    if len(parts) == 5 and parts[0] == "0":
+                        boxes.append([float(v) for v in parts[1:]])
+            out.append((split, img, boxes))
+    return out
+
+
+def build_classifier_cache() -> dict:
+    images, labels, sources, splits, keys = [], [], [], [], []
+
+    def add(img, label, source, split, key):
+        images.append(_resize_square(img))
+        labels.append(label)
+        sources.append(source)
+        splits.append(split)
+        keys.append(key)
+
+    for source in ("pbc", "raabin", "tecom"):
+        with open(DATASETS / source / "labels.csv") as f:
+            for r in csv.DictReader(f):
+                name = PBC_TO_CLASS.get(r["label"], r["label"])
+                add(_read(DATASETS / source / r["image"]), CLASS_INDEX[name], source,
+                    split_of(source, r["image"]), r["image"])
+        logger.info("%s: %d crops so far", source, len(images))
+    for image, rows in _chula_rows().items():
+        frame = _read(DATASETS / "chula" / "images" / image)
+        for r in rows:
+            if r["cell"] != "WBC":
+                continue
+            box = [float(r[k]) for k in ("x1", "y1", "x2", "y2")]
+            label = CLASS_INDEX[r["wbc_type"]] if r["wbc_type"] else -1
+            add(preprocess.cell_crop(frame, box), label, "chula", split_of("chula", image, r["slide"]), image)
+    for image, rows in _bccd_rows().items():
+        frame = _read(DATASETS / "bccd" / "images" / image)
+        for r in rows:
+            if r["cell"] != "WBC":
+                continue
+            box = [float(r[k]) for k in ("x1", "y1", "x2", "y2")]
+            label = CLASS_INDEX[r["wbc_type"]] if r["wbc_type"] else -1
+            add(preprocess.cell_crop(frame, box), label, "bccd", split_of("bccd", image), image)
+    # Unlabelled WBCs from the other cameras of txl_pbc (not its PBC/Raabin
+    # frames: those cameras are covered by labelled data, and PBC frames could
+    # be the very cells of our PBC test split).
+    for split, img_path, boxes in _txl_items():
+        if not boxes or split != "train":
+            continue
+        frame = _read(img_path)
+        h, w = frame.shape[:2]
+        if (w, h) not in ((416, 416),):
+            continue
+        for cx, cy, bw, bh in boxes:
+            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+            add(preprocess.cell_crop(frame, box), -1, "txl_pbc", "train", img_path.name)
+    logger.info("classifier cache: %d crops", len(images))
+    return dict(images=np.stack(images), labels=np.array(labels, np.int16), sources=np.array(sources),
+                splits=np.array(splits), keys=np.array(keys))
+
+
+def _fit(frame: np.ndarray) -> tuple[np.ndarray, float]:
+    h, w = frame.shape[:2]
+    s = min(FRAME_FIT[0] / w, FRAME_FIT[1] / h)
+    return cv2.resize(frame, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), s
+
+
+def build_detector_cache() -> dict:
+    frames, boxes, sources, splits, keys = [], [], [], [], []
+    bccd_split_by_hash = {}
+    for image, rows in _bccd_rows().items():
+        frame = _read(DATASETS / "bccd" / "images" / image)
+        split = split_of("bccd", image)
+        bccd_split_by_hash[frame_hash(frame)] = split
+        small, s = _fit(frame)
+        b = [[float(r[k]) * s for k in ("x1", "y1", "x2", "y2")] for r in rows if r["cell"] == "WBC"]
+        frames.append(small)
+        boxes.append(np.array(b, np.float32).reshape(-1, 4))
+        sources.append("bccd")
+        splits.append(split)
+        keys.append(image)
+    for image, rows in _chula_rows().items():
+        frame = _read(DATASETS / "chula" / "images" / image)
+        small, s = _fit(frame)
+        b = [[float(r[k]) * s for k in ("x1", "y1", "x2", "y2")] for r in rows if r["cell"] == "WBC"]
+        frames.append(small)
+        boxes.append(np.array(b, np.float32).reshape(-1, 4))
+        sources.append("chula")
+        splits.append(split_of("chula", image, rows[0]["slide"]))
+        keys.append(image)
+    dup = 0
+    for split, img_path, yolo in _txl_items():
+        frame = _read(img_path)
+        # A txl_pbc frame that is a re-annotated BCCD frame takes the BCCD
+        # frame's split, so neither test set leaks into the other's training.
+        bsplit = bccd_split_by_hash.get(frame_hash(frame))
+        if bsplit is not None:
+            dup += 1
+            split = bsplit
+        h, w = frame.shape[:2]
+        small, s = _fit(frame)
+        b = [[(cx - bw / 2) * w * s, (cy - bh / 2) * h * s, (cx + bw / 2) * w * s, (cy + bh / 2) * h * s]
+             for cx, cy, bw, bh in yolo]
+        frames.append(small)
+        boxes.append(np.array(b, np.float32).reshape(-1, 4))
+        sources.append("txl_pbc")
+        splits.append(split)
+        keys.append(f"{img_path.parent.name}/{img_path.name}")
+    logger.info("detector cache: %d frames (%d txl_pbc frames matched BCCD frames)", len(frames), dup)
+    obj = np.empty(len(frames), dtype=object)
+    obj[:] = frames
+    bobj = np.empty(len(boxes), dtype=object)
+    bobj[:] = boxes
+    return dict(frames=obj, boxes=bobj, sources=np.array(sources), splits=np.array(splits), keys=np.array(keys),
+                bccd_duplicates=np.array(dup))
+
+
+def load(name: str) -> dict:
+    path = CACHE / f"{name}.npz"
+    if not path.is_file():
+        raise SystemExit(f"{path} missing: run `python -m scripts.data` first")
+    with np.load(path, allow_pickle=True) as z:
+        return {k: z[k] for k in z.files}
+
+
+def pack(dst: Path, size: int, splits=("train", "val")) -> None:
+    """JPEG-compressed copy of the classifier cache, small enough to send to a
+    GPU machine (the device tool carries at most 64 MiB)."""
+    d = load("cls")
+    keep = np.isin(d["splits"], splits)
+    # PBC is the biggest and easiest source: a seeded 55% of it is plenty here.
+    keep &= ~((d["sources"] == "pbc") & (np.random.default_rng(0).random(len(keep)) > 0.55))
+    blobs = np.empty(int(keep.sum()), dtype=object)
+    for j, img in enumerate(d["images"][keep]):
+        small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        blobs[j] = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(dst, jpeg=blobs, **{k: d[k][keep] for k in ("labels", "sources", "splits", "keys")})
+    logger.info("packed %d crops into %s (%.1f MB)", len(blobs), dst, dst.stat().st_size / 1e6)
+
+
+def unpack(src: Path) -> None:
+    with np.load(src, allow_pickle=True) as z:
+        images = np.stack([cv2.cvtColor(cv2.imdecode(b, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in z["jpeg"]])
+        CACHE.mkdir(exist_ok=True)
+        np.savez(CACHE / "cls.npz", images=images, **{k: z[k] for k in ("labels", "sources", "splits", "keys")})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", choices=("cls", "det"), default=None)
+    ap.add_argument("--pack", type=Path, help="write a JPEG-packed classifier cache here and exit")
+    ap.add_argument("--pack-size", type=int, default=96)
+    ap.add_argument("--unpack", type=Path, help="rebuild .cache/cls.npz from a packed file and exit")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.pack:
+        pack(args.pack, args.pack_size)
+        return 0
+    if args.unpack:
+        unpack(args.unpack)
+        return 0
+    if not DATASETS.is_dir():
+        raise SystemExit(f"{DATASETS} not found: the datasets folder must sit beside the repository")
+    CACHE.mkdir(exist_ok=True)
+    if args.only in (None, "cls"):
+        np.savez(CACHE / "cls.npz", **build_classifier_cache())
+    if args.only in (None, "det"):
+        np.savez(CACHE / "det.npz", **build_detector_cache())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

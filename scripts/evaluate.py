@@ -1,0 +1,482 @@
+"""Evaluate the shipped models per source -> ``models/EVALUATION.md`` + PNG plots.
+
+    python -m scripts.evaluate                       # shipped models/, all test splits
+    python -m scripts.evaluate --loso runs/loso_chula/classifier.pt:chula --levers runs/levers
+
+Every figure names its split (``scripts/splits.py``); nothing here is used to
+choose a model. The classifier is run through the product's own path
+(``edge_app.preprocess`` + ``edge_app.inference`` on TFLite FP32/INT8, and ONNX
+Runtime for the FP32 and Q/DQ ONNX), so the numbers are the kiosk's numbers.
+
+- classifier: five-class accuracy (truth in the five classes; a prediction of
+  "other" counts as wrong), macro-F1, per-class precision/recall/F1,
+  one-vs-rest AUC, confusion matrix; INT8 vs FP32 vs Q/DQ side by side;
+  Gaussian noise N = I + G*alpha, alpha 0.05..0.35, on PBC test crops;
+- detector: AP50 and recall@0.5 on held-out frames of each frame source;
+- end to end on held-out Chula slides: a cell is right when a detection
+  matches its box (IoU >= 0.5) *and* carries its label;
+- leave-one-source-out and lever study from PyTorch checkpoints (``--loso``,
+  ``--levers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_app import preprocess  # noqa: E402
+from edge_app.inference import Classifier, Detector, Manifest, decode_detections  # noqa: E402
+from edge_app.labels import CLASSES, FIVE_PART  # noqa: E402
+from scripts import augment, data  # noqa: E402
+from scripts.splits import DATASETS, split_of  # noqa: E402
+
+logger = logging.getLogger("evaluate")
+MODELS = ROOT / "models"
+ALPHAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+
+
+# ------------------------------------------------------------------ runners
+class OnnxNet:
+    """ONNX Runtime with the Backend calling convention (reference + Q/DQ check)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 2):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inp = self.sess.get_inputs()[0].name
+
+    def infer(self, x):
+        return [np.asarray(y, np.float32) for y in self.sess.run(None, {self.inp: x.astype(np.float32)})]
+
+    def close(self):
+        self.sess = None
+
+
+def classifier_runners(manifest: Manifest) -> dict:
+    from edge_app.backends.tflite import TFLiteBackend
+
+    shapes = manifest.output_shapes("classifier")
+    return {
+        "tflite_fp32": Classifier(TFLiteBackend(manifest.file("classifier", "tflite_fp32"), shapes)),
+        "tflite_int8": Classifier(TFLiteBackend(manifest.file("classifier", "tflite_int8"), shapes)),
+        "onnx_qdq": Classifier(OnnxNet(manifest.file("classifier", "onnx_qdq"))),
+    }
+
+
+def detector_runners(manifest: Manifest) -> dict:
+    from edge_app.backends.tflite import TFLiteBackend
+
+    shapes, stride = manifest.output_shapes("detector"), manifest.entry("detector")["stride"]
+    return {
+        "tflite_fp32": Detector(TFLiteBackend(manifest.file("detector", "tflite_fp32"), shapes), stride, 0.05),
+        "tflite_int8": Detector(TFLiteBackend(manifest.file("detector", "tflite_int8"), shapes), stride, 0.05),
+        "onnx_qdq": Detector(OnnxNet(manifest.file("detector", "onnx_qdq")), stride, 0.05),
+    }
+
+
+class TorchClassifier:
+    """A training checkpoint, run with the same preprocessing (for LOSO/levers)."""
+
+    def __init__(self, ckpt: Path):
+        import torch
+
+        from scripts.wbcnet import Classifier as Net
+        from scripts.wbcnet import Deployable
+
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        net = Net(width=state["width"])
+        net.load_state_dict(state["state_dict"])
+        self.model, self.torch = Deployable(net).eval(), torch
+        self.bg_norm = state.get("bg_norm", True)
+
+    def probs(self, crops: list[np.ndarray]) -> np.ndarray:
+        norm = preprocess.normalise_background
+        if not self.bg_norm:
+            preprocess.normalise_background = lambda img, background=None: img.astype(np.float32)
+        try:
+            x = np.concatenate([preprocess.classifier_input(c) for c in crops])
+        finally:
+            preprocess.normalise_background = norm
+        with self.torch.no_grad():
+            out = [self.model(self.torch.from_numpy(x[i:i + 256]))[0].numpy() for i in range(0, len(x), 256)]
+        return np.concatenate(out)
+
+
+# ------------------------------------------------------------------ metrics
+def classification_metrics(truth: np.ndarray, probs: np.ndarray) -> dict:
+    pred = probs.argmax(1)
+    five = truth < 5
+    out = {"n": int(len(truth)), "n_five": int(five.sum()),
+           "five_class_accuracy": float((pred[five] == truth[five]).mean()) if five.any() else None,
+           "accuracy_all": float((pred == truth).mean())}
+    per, f1s = {}, []
+    present = [c for c in range(len(CLASSES)) if (truth == c).any()]
+    for c in range(len(CLASSES)):
+        tp = int(((pred == c) & (truth == c)).sum())
+        fp = int(((pred == c) & (truth != c)).sum())
+        fn = int(((pred != c) & (truth == c)).sum())
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        auc = ovr_auc(truth == c, probs[:, c]) if c in present and (truth != c).any() else None
+        per[CLASSES[c]] = {"precision": p, "recall": r, "f1": f1, "support": int((truth == c).sum()), "auc": auc}
+        if c in present:
+            f1s.append(f1)
+    out["per_class"] = per
+    out["macro_f1"] = float(np.mean(f1s)) if f1s else None
+    five_present = [c for c in present if c < 5]
+    out["macro_f1_five"] = float(np.mean([per[CLASSES[c]]["f1"] for c in five_present])) if five_present else None
+    cm = np.zeros((len(CLASSES), len(CLASSES)), int)
+    for t, p in zip(truth, pred):
+        cm[t, p] += 1
+    out["confusion"] = cm.tolist()
+    return out
+
+
+def ovr_auc(pos: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties count half)."""
+    order = np.argsort(score)
+    ranks = np.empty(len(score))
+    s = score[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    npos, nneg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
+
+
+def average_precision(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], thr: float = 0.5) -> dict:
+    """VOC-style all-point AP at IoU thr; recall at the runtime's score threshold is reported separately."""
+    records, npos = [], sum(len(g) for g in gts)
+    for (boxes, scores), gt in zip(dets, gts):
+        used = np.zeros(len(gt), bool)
+        ious = iou_matrix(boxes, gt)
+        for k in np.argsort(-scores):
+            j = int(ious[k].argmax()) if len(gt) else -1
+            hit = j >= 0 and ious[k, j] >= thr and not used[j]
+            if hit:
+                used[j] = True
+            records.append((scores[k], hit))
+    records.sort(key=lambda r: -r[0])
+    tp = np.cumsum([r[1] for r in records])
+    fp = np.cumsum([not r[1] for r in records])
+    rec = tp / max(npos, 1)
+    prec = tp / np.maximum(tp + fp, 1)
+    mrec = np.concatenate([[0], rec, [1]])
+    mpre = np.concatenate([[0], prec, [0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return {"ap50": float(((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]).sum()), "gt": int(npos)}
+
+
+# ------------------------------------------------------------------ data
+def classifier_test_sets() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    d = data.load("cls")
+    out = {}
+    for src in ("pbc", "raabin", "tecom", "chula", "bccd"):
+        m = (d["sources"] == src) & (d["splits"] == "test") & (d["labels"] >= 0)
+        out[src] = (list(d["images"][m]), d["labels"][m].astype(int))
+    return out
+
+
+def all_source_crops(src: str, splits=("train", "val", "test")) -> tuple[list[np.ndarray], np.ndarray]:
+    d = data.load("cls")
+    m = (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)
+    return list(d["images"][m]), d["labels"][m].astype(int)
+
+
+def detector_test_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    d = data.load("det")
+    out = {}
+    for src in ("bccd", "chula", "txl_pbc"):
+        ix = np.nonzero((d["sources"] == src) & (d["splits"] == "test"))[0]
+        out[src] = [(d["frames"][i], d["boxes"][i].reshape(-1, 4)) for i in ix]
+    return out
+
+
+def chula_e2e_items() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    by_image: dict[str, list[dict]] = {}
+    with open(DATASETS / "chula" / "boxes.csv") as f:
+        for r in csv.DictReader(f):
+            by_image.setdefault(r["image"], []).append(r)
+    items = []
+    for image, rows in sorted(by_image.items()):
+        if split_of("chula", image, rows[0]["slide"]) != "test":
+            continue
+        wbc = [r for r in rows if r["cell"] == "WBC" and r["wbc_type"]]
+        boxes = np.array([[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in wbc], np.float32).reshape(-1, 4)
+        labels = np.array([CLASSES.index(r["wbc_type"]) for r in wbc], int)
+        items.append((preprocess.read_rgb(str(DATASETS / "chula" / "images" / image)), boxes, labels))
+    return items
+
+
+# ------------------------------------------------------------------ evaluation
+def run_classifier(clf, crops) -> np.ndarray:
+    return np.stack([clf(c).probs for c in crops])
+
+
+def eval_classifiers(runners, sets) -> dict:
+    res = {}
+    for name, clf in runners.items():
+        for src, (crops, truth) in sets.items():
+            t0 = time.time()
+            res.setdefault(src, {})[name] = classification_metrics(truth, run_classifier(clf, crops))
+            logger.info("classifier %s on %s test: five-class acc %.4f (%.0fs)", name, src,
+                        res[src][name]["five_class_accuracy"] or -1, time.time() - t0)
+    return res
+
+
+def eval_noise(runners, crops, truth, seed=0) -> dict:
+    res = {}
+    for name in ("tflite_fp32", "tflite_int8"):
+        res[name] = {}
+        for a in ALPHAS:
+            rng = np.random.default_rng(seed)
+            noisy = [augment.add_gaussian_noise(c, a, rng) if a > 0 else c for c in crops]
+            res[name][str(a)] = classification_metrics(truth, run_classifier(runners[name], noisy))["five_class_accuracy"]
+            logger.info("noise alpha %.2f %s: %.4f", a, name, res[name][str(a)])
+    return res
+
+
+def eval_detectors(runners, sets, threshold: float) -> dict:
+    res = {}
+    for name, det in runners.items():
+        for src, items in sets.items():
+            dets, gts, hit, tot, nfp = [], [], 0, 0, 0
+            for frame, gt in items:
+                found = det(frame)
+                boxes = np.array([f.box for f in found], np.float32).reshape(-1, 4)
+                scores = np.array([f.score for f in found], np.float32)
+                dets.append((boxes, scores))
+                gts.append(gt)
+                keep = scores >= threshold
+                ious = iou_matrix(boxes[keep], gt)
+                hit += int((ious.max(0) >= 0.5).sum()) if ious.size else 0
+                tot += len(gt)
+                nfp += int((ious.max(1) < 0.5).sum()) if ious.size else int(keep.sum())
+            ap = average_precision(dets, gts)
+            ap.update(recall50=hit / max(tot, 1), false_positives=nfp, frames=len(items), threshold=threshold)
+            res.setdefault(src, {})[name] = ap
+            logger.info("detector %s on %s test: AP50 %.4f recall %.4f", name, src, ap["ap50"], ap["recall50"])
+    return res
+
+
+def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
+    res = {}
+    for name in ("tflite_fp32", "tflite_int8"):
+        det, clf = det_runners[name], clf_runners[name]
+        right = total = found = 0
+        for frame, gt, labels in items:
+            dets = [d for d in det(frame) if d.score >= threshold]
+            boxes = np.array([d.box for d in dets], np.float32).reshape(-1, 4)
+            ious = iou_matrix(boxes, gt)
+            for j in range(len(gt)):
+                total += 1
+                if not len(dets) or ious[:, j].max() < 0.5:
+                    continue
+                found += 1
+                k = int(ious[:, j].argmax())
+                if clf(preprocess.cell_crop(frame, boxes[k])).probs.argmax() == labels[j]:
+                    right += 1
+        res[name] = {"cells": total, "detected": found, "detected_and_typed": right,
+                     "accuracy": right / max(total, 1), "frames": len(items)}
+        logger.info("end-to-end chula %s: %d/%d", name, right, total)
+    return res
+
+
+def eval_checkpoint(ckpt: Path, src: str, splits) -> dict:
+    crops, truth = all_source_crops(src, splits)
+    return classification_metrics(truth, TorchClassifier(ckpt).probs(crops))
+
+
+# ------------------------------------------------------------------ report
+def plot_confusions(results: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for src, by in results.items():
+        m = by["tflite_int8"]
+        cm = np.array(m["confusion"])
+        rows = [i for i in range(len(CLASSES)) if cm[i].sum() or cm[:, i].sum()]
+        cm = cm[np.ix_(rows, rows)]
+        fig, ax = plt.subplots(figsize=(4.6, 4))
+        ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        names = [CLASSES[i][:5] for i in rows]
+        ax.set_xticks(range(len(rows)), names, rotation=45)
+        ax.set_yticks(range(len(rows)), names)
+        for i in range(len(rows)):
+            for j in range(len(rows)):
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("truth")
+        ax.set_title(f"{src} test, INT8 TFLite (acc {m['five_class_accuracy']:.3f})", fontsize=9)
+        fig.tight_layout()
+        name = f"confusion_{src}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def plot_noise(noise: dict, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for name, by in noise.items():
+        ax.plot([float(a) for a in by], list(by.values()), marker="o", label=name)
+    ax.axhline(0.85, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("alpha (N = I + G*alpha)")
+    ax.set_ylabel("five-class accuracy")
+    ax.set_title("PBC test crops under Gaussian noise", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "noise_pbc.png", dpi=90)
+    plt.close(fig)
+    return "noise_pbc.png"
+
+
+def fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def write_report(r: dict, out: Path) -> None:
+    L = ["# Evaluation of the shipped model", "",
+         f"Generated by `{r['command']}` on {r['date']} (model version {r['version']}).",
+         "Splits: `scripts/splits.py` (Chula by slide; BCCD by frame with txl_pbc duplicates moved to the BCCD split;",
+         "PBC/Raabin by seeded hash buckets, no slide ids exist; Tecom is test-only and never trained on).",
+         "Five-class accuracy counts a prediction of `other` as wrong. Nothing below was used to choose a model.", "",
+         "## Classifier, per source (test splits)", "",
+         "| source (test split) | n | runtime | five-class acc | macro-F1 (five) | macro-F1 (all present) |",
+         "|---|---|---|---|---|---|"]
+    for src, by in r["classifier"].items():
+        for name, m in by.items():
+            L.append(f"| {src} | {m['n_five']} | {name} | {fmt(m['five_class_accuracy'])} | {fmt(m['macro_f1_five'])}"
+                     f" | {fmt(m['macro_f1'])} |")
+    L += ["", "Per class (INT8 TFLite): precision / recall / F1 / one-vs-rest AUC", ""]
+    for src, by in r["classifier"].items():
+        m = by["tflite_int8"]
+        L += [f"**{src}**", "", "| class | support | precision | recall | F1 | AUC |", "|---|---|---|---|---|---|"]
+        for c, pc in m["per_class"].items():
+            if pc["support"]:
+                L.append(f"| {c} | {pc['support']} | {fmt(pc['precision'])} | {fmt(pc['recall'])} | {fmt(pc['f1'])}"
+                         f" | {fmt(pc['auc'])} |")
+        L += ["", f"![confusion {src}](confusion_{src}.png)", ""]
+    L += ["## Gaussian noise (PBC test crops)", "", "| alpha | " + " | ".join(r["noise"]) + " |",
+          "|---|" + "---|" * len(r["noise"])]
+    for a in ALPHAS:
+        L.append(f"| {a} | " + " | ".join(fmt(r['noise'][n][str(a)]) for n in r["noise"]) + " |")
+    L += ["", "![noise](noise_pbc.png)", "", "## Detector (held-out frames)", "",
+          "| source (test split) | frames | cells | runtime | AP50 | recall@0.5 (score >= %.2f) | false positives |"
+          % r["detect_threshold"], "|---|---|---|---|---|---|---|"]
+    for src, by in r["detector"].items():
+        for name, m in by.items():
+            L.append(f"| {src} | {m['frames']} | {m['gt']} | {name} | {fmt(m['ap50'])} | {fmt(m['recall50'])}"
+                     f" | {m['false_positives']} |")
+    L += ["", "## End to end on held-out Chula slides (detected and typed)", "",
+          "| runtime | frames | cells | detected | detected and typed | accuracy |", "|---|---|---|---|---|---|"]
+    for name, m in r["end_to_end"].items():
+        L.append(f"| {name} | {m['frames']} | {m['cells']} | {m['detected']} | {m['detected_and_typed']}"
+                 f" | {fmt(m['accuracy'])} |")
+    if r.get("loso"):
+        L += ["", "## Leave one source out", "",
+              "| left-out source | checkpoint | crops (all splits of that source) | five-class acc | macro-F1 (five) |",
+              "|---|---|---|---|---|"]
+        for row in r["loso"]:
+            L.append(f"| {row['source']} | `{row['ckpt']}` | {row['n']} | {fmt(row['acc'])} | {fmt(row['f1'])} |")
+    if r.get("levers"):
+        L += ["", "## What each lever gave (left-out source, short schedule)", "",
+              "| run | left out | test crops | five-class acc | macro-F1 (five) | tecom acc |", "|---|---|---|---|---|---|"]
+        for row in r["levers"]:
+            L.append(f"| {row['run']} | {row['source']} ({row['splits']}) | {row['n']} | {fmt(row['acc'])}"
+                     f" | {fmt(row['f1'])} | {fmt(row['tecom'])} |")
+    (out / "EVALUATION.md").write_text("\n".join(L) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-dir", type=Path, default=MODELS)
+    ap.add_argument("--loso", nargs="*", default=[], help="CKPT:SOURCE pairs (classifier trained without SOURCE)")
+    ap.add_argument("--levers", type=Path, default=None, help="folder of lever-study runs (scripts/lever_sweep.sh)")
+    ap.add_argument("--skip-main", action="store_true", help="only LOSO/levers (reuse evaluation.json)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = args.model_dir
+    manifest = Manifest.load(out)
+    threshold = 0.35
+    jpath = out / "evaluation.json"
+    if args.skip_main and jpath.is_file():
+        r = json.loads(jpath.read_text())
+    else:
+        r = {"version": manifest.version, "date": time.strftime("%Y-%m-%d"), "detect_threshold": threshold}
+        clf = classifier_runners(manifest)
+        sets = classifier_test_sets()
+        r["classifier"] = eval_classifiers(clf, sets)
+        r["noise"] = eval_noise(clf, *sets["pbc"])
+        det = detector_runners(manifest)
+        r["detector"] = eval_detectors(det, detector_test_sets(), threshold)
+        r["end_to_end"] = eval_end_to_end(det, clf, chula_e2e_items(), threshold)
+    r["command"] = "python -m scripts.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.loso:
+        r["loso"] = []
+        for spec in args.loso:
+            ckpt, src = spec.rsplit(":", 1)
+            m = eval_checkpoint(Path(ckpt), src, ("train", "val", "test"))
+            r["loso"].append({"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
+                              "f1": m["macro_f1_five"]})
+    if args.levers:
+        r["levers"] = []
+        for ck in sorted(args.levers.glob("*/classifier.pt")):
+            src = ck.parent.name.split("_")[1]
+            splits = ("val", "test") if src == "chula" else ("train", "val", "test")  # ssl saw chula train slides
+            m = eval_checkpoint(ck, src, splits)
+            tec = eval_checkpoint(ck, "tecom", ("test",))
+            r["levers"].append({"run": ck.parent.name, "source": src, "splits": "+".join(splits), "n": m["n_five"],
+                                "acc": m["five_class_accuracy"], "f1": m["macro_f1_five"],
+                                "tecom": tec["five_class_accuracy"]})
+    jpath.write_text(json.dumps(r, indent=1))
+    plot_confusions(r["classifier"], out)
+    plot_noise(r["noise"], out)
+    write_report(r, out)
+    logger.info("wrote %s", out / "EVALUATION.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Export trained checkpoints to the shipped artifacts under ``models/``.
+
+    python -m scripts.export --classifier runs/cls/classifier.pt --detector runs/det/detector.pt
+
+For each network (``detector``, ``classifier``):
+
+- ``<net>.onnx``: opset 13, static shapes, NHWC float32 input 0..255 (what
+  TensorRT 8.2+ parses; the Jetson builds its INT8 engine from it);
+- ``<net>_qdq.onnx``: the same graph with Q/DQ nodes (symmetric int8,
+  per-channel weights) calibrated on ``calibration/`` with ONNX Runtime, for
+  TensorRT 10+/11 where implicit INT8 calibration is deprecated/removed;
+- ``<net>_fp32.tflite`` and ``<net>_int8.tflite``: litert-torch conversion,
+  then full-integer static quantisation (ai-edge-quantizer ``static_wi8_ai8``)
+  calibrated on exactly the same ``calibration/`` images;
+- ``manifest.json``: sha256, shapes, normalisation, class order, version,
+  training data; ``parity/``: real images + the PyTorch outputs on them, for
+  ``tests/test_model_parity.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_app import preprocess  # noqa: E402
+from edge_app.labels import CLASSES  # noqa: E402
+from scripts.wbcnet import Classifier, Deployable, Detector  # noqa: E402
+
+logger = logging.getLogger("export")
+MODELS = ROOT / "models"
+CALIB = ROOT / "calibration"
+OPSET = 13
+NAMES = {"detector": (["frame"], ["heatmap", "ltrb"]), "classifier": (["crop"], ["probs", "attention"])}
+
+
+def load_net(kind: str, ckpt: str) -> Deployable:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    net = (Classifier if kind == "classifier" else Detector)(width=state["width"])
+    net.load_state_dict(state["state_dict"])
+    return Deployable(net).eval()
+
+
+def calibration_inputs(kind: str) -> list[np.ndarray]:
+    """The shipped calibration images through the runtime preprocessing."""
+    manifest = json.loads((CALIB / "manifest.json").read_text())
+    out = []
+    for e in manifest["crops" if kind == "classifier" else "frames"]:
+        rgb = preprocess.read_rgb(str(CALIB / e["file"]))
+        out.append(preprocess.classifier_input(rgb) if kind == "classifier" else preprocess.detector_input(rgb)[0])
+    return out
+
+
+def input_shape(kind: str) -> tuple[int, ...]:
+    w, h = preprocess.CLASSIFIER_SIZE if kind == "classifier" else preprocess.DETECTOR_SIZE
+    return (1, h, w, 3)
+
+
+def export_onnx(model: Deployable, kind: str, path: Path) -> None:
+    inputs, outputs = NAMES[kind]
+    x = torch.zeros(input_shape(kind))
+    torch.onnx.export(model, (x,), str(path), opset_version=OPSET, input_names=inputs, output_names=outputs,
+                      dynamo=False, do_constant_folding=True)
+    import onnx
+
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    logger.info("%s: ONNX opset %d, ops %s", path.name, OPSET, sorted({n.op_type for n in m.graph.node}))
+
+
+class _CalibReader:
+    def __init__(self, name: str, batches: list[np.ndarray]):
+        self.name, self.it = name, iter(batches)
+
+    def get_next(self):
+        x = next(self.it, None)
+        return None if x is None else {self.name: x.astype(np.float32)}
+
+
+def export_qdq(onnx_path: Path, kind: str, out: Path, calib: list[np.ndarray]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+    # TensorRT wants symmetric int8 (zero point 0) for activations and weights.
+    quantize_static(str(pre), str(out), _CalibReader(NAMES[kind][0][0], calib), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    pre.unlink()
+
+
+def export_tflite(model: Deployable, kind: str, fp32: Path, int8: Path, calib: list[np.ndarray]) -> None:
+    import litert_torch
+    from ai_edge_quantizer import quantizer, recipe
+
+    x = torch.zeros(input_shape(kind))
+    edge = litert_torch.convert(model, (x,))
+    edge.export(str(fp32))
+    qt = quantizer.Quantizer(str(fp32))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(fp32))
+    sig = interp.get_signature_list()
+    key = next(iter(sig))
+    in_name = sig[key]["inputs"][0]
+    result = qt.calibrate({key: [{in_name: c} for c in calib]}, num_threads=2)
+    qt.quantize(result, enable_progress_report=False).export_model(str(int8), overwrite=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def output_shapes(model: Deployable, kind: str) -> list[list[int]]:
+    with torch.no_grad():
+        outs = model(torch.zeros(input_shape(kind)))
+    return [list(o.shape) for o in outs]
+
+
+def write_parity(models: dict[str, Deployable]) -> dict:
+    """A few real calibration images + PyTorch outputs, for the parity test."""
+    pdir = MODELS / "parity"
+    if pdir.exists():
+        shutil.rmtree(pdir)
+    pdir.mkdir()
+    manifest = json.loads((CALIB / "manifest.json").read_text())
+    picks = {"classifier": manifest["crops"][::30][:8], "detector": manifest["frames"][::20][:4]}
+    index = {}
+    for kind, entries in picks.items():
+        files, outs = [], {n: [] for n in NAMES[kind][1]}
+        for e in entries:
+            dst = pdir / Path(e["file"]).name
+            shutil.copy(CALIB / e["file"], dst)
+            rgb = preprocess.read_rgb(str(dst))
+            x = preprocess.classifier_input(rgb) if kind == "classifier" else preprocess.detector_input(rgb)[0]
+            with torch.no_grad():
+                ys = models[kind](torch.from_numpy(x))
+            for n, y in zip(NAMES[kind][1], ys):
+                outs[n].append(y.numpy()[0])
+            files.append(dst.name)
+        np.savez_compressed(pdir / f"{kind}_torch.npz", **{n: np.stack(v) for n, v in outs.items()})
+        index[kind] = files
+    (pdir / "index.json").write_text(json.dumps(index, indent=1))
+    return index
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--classifier", required=True)
+    ap.add_argument("--detector", required=True)
+    ap.add_argument("--version", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(0)
+    MODELS.mkdir(exist_ok=True)
+    ckpts = {"classifier": args.classifier, "detector": args.detector}
+    models = {k: load_net(k, v) for k, v in ckpts.items()}
+    entries = {}
+    for kind, model in models.items():
+        calib = calibration_inputs(kind)
+        logger.info("%s: %d calibration inputs", kind, len(calib))
+        files = {"onnx": f"{kind}.onnx", "onnx_qdq": f"{kind}_qdq.onnx", "tflite_fp32": f"{kind}_fp32.tflite",
+                 "tflite_int8": f"{kind}_int8.tflite"}
+        export_onnx(model, kind, MODELS / files["onnx"])
+        export_qdq(MODELS / files["onnx"], kind, MODELS / files["onnx_qdq"], calib)
+        export_tflite(model, kind, MODELS / files["tflite_fp32"], MODELS / files["tflite_int8"], calib)
+        state = torch.load(ckpts[kind], map_location="cpu", weights_only=False)
+        inputs, outputs = NAMES[kind]
+        entries[kind] = {
+            "input": {"name": inputs[0], "shape": list(input_shape(kind)), "dtype": "float32", "layout": "NHWC",
+                      "range": "RGB 0..255 after edge_app.preprocess (background-referenced)"},
+            "outputs": [{"name": n, "shape": s} for n, s in zip(outputs, output_shapes(model, kind))],
+            "files": files,
+            "sha256": {f: sha256(MODELS / f) for f in files.values()},
+            "width_multiplier": state["width"],
+            "checkpoint_epoch": state["epoch"],
+            "val": state["val"],
+        }
+    entries["detector"]["stride"] = Detector.STRIDE
+    entries["classifier"]["attention_stride"] = 16
+    parity = write_parity(models)
+    version = args.version or dt.date.today().strftime("%Y.%m.%d")
+    manifest = {
+        "name": "wbc-mbv2-cbam",
+        "version": version,
+        "classes": list(CLASSES),
+        "normalisation": "in-graph: x/127.5 - 1 on RGB pixels; before the graph: edge_app.preprocess "
+                         "(background-referenced white balance, letterbox 320x240 / square crop 96x96)",
+        "crop_margin": preprocess.CROP_MARGIN,
+        "onnx_opset": OPSET,
+        "training_data": "../shared/datasets train splits (scripts/splits.py): pbc (CC BY 4.0), raabin, chula (MIT),"
+                         " bccd (MIT), txl_pbc (MIT; detector only)",
+        "calibration": "calibration/manifest.json",
+        "selftest": {"min_top1_agreement": 0.9, "max_prob_abs_diff": 0.25},
+        "parity": parity,
+        "models": entries,
+    }
+    (MODELS / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    for f in sorted(MODELS.glob("*")):
+        if f.is_file():
+            logger.info("%-28s %8.1f kB", f.name, f.stat().st_size / 1024)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

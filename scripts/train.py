@@ -1,0 +1,421 @@
+"""Train the leukocyte classifier or detector from the real data (one command).
+
+    python -m scripts.data                      # once: index + cache ../shared/datasets
+    python -m scripts.train classifier --out runs/cls
+    python -m scripts.train detector   --out runs/det
+    python -m scripts.train classifier --exclude-source chula --out runs/loso_chula   # leave-one-source-out
+
+Seeded, with a progress bar and a log file (``<out>/train.log``). Every
+input goes through ``scripts.augment`` (raw pixels) and then the runtime's own
+``edge_app.preprocess`` before the network, so training sees what the kiosk
+sees. Model selection uses the *val* splits only; test splits are never read.
+Uses a CUDA GPU when present (``--device``), otherwise the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_app import preprocess  # noqa: E402
+from edge_app.labels import CLASSES  # noqa: E402
+from scripts import augment, data  # noqa: E402
+from scripts.wbcnet import Classifier, Detector, to_network_input  # noqa: E402
+
+logger = logging.getLogger("train")
+
+# Share of each labelled source in a classifier epoch (classes balanced inside a source).
+SOURCE_SHARE = {"pbc": 0.45, "raabin": 0.30, "chula": 0.125, "bccd": 0.125}
+DET_SOURCE_SHARE = {"bccd": 0.3, "chula": 0.3, "txl_pbc": 0.4}
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _worker_rng(seed: int, index: int) -> np.random.Generator:
+    # torch gives each worker a fresh seed per epoch (derived from the seeded
+    # generator), so augmentation differs per epoch yet is reproducible.
+    info = torch.utils.data.get_worker_info()
+    wid = info.id if info else 0
+    return np.random.default_rng([seed, wid, index, int(torch.initial_seed() % (2**31))])
+
+
+# -------------------------------------------------------------------- classifier
+class CropSet(Dataset):
+    def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0):
+        self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        if self.train:
+            rng = _worker_rng(self.seed, i)
+            img = augment.crop_geometry(img, rng)
+            img = augment.photometric(img, rng, self.strength)
+        x = preprocess.classifier_input(img)[0]
+        return torch.from_numpy(x), int(self.labels[i])
+
+
+class UnlabelledSet(Dataset):
+    """Crops without (or ignoring) labels: a weak and a strong view (FixMatch)."""
+
+    def __init__(self, images, seed: int, strength: float = 1.0):
+        self.images, self.seed, self.strength = images, seed, strength
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        rng = _worker_rng(self.seed + 7, i)
+        weak = augment.crop_geometry(self.images[i], rng)
+        strong = augment.photometric(augment.crop_geometry(self.images[i], rng), rng, self.strength)
+        return (torch.from_numpy(preprocess.classifier_input(weak)[0]),
+                torch.from_numpy(preprocess.classifier_input(strong)[0]))
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def classifier_weights(sources, labels) -> np.ndarray:
+    w = np.zeros(len(labels), np.float64)
+    for src, share in SOURCE_SHARE.items():
+        m = sources == src
+        if not m.any():
+            continue
+        classes = np.unique(labels[m])
+        for c in classes:
+            mc = m & (labels == c)
+            w[mc] = share / len(classes) / max(mc.sum(), 20)
+    return w
+
+
+@torch.no_grad()
+def predict(model, loader, device) -> np.ndarray:
+    model.eval()
+    out = []
+    for x, _ in loader:
+        logits, _ = model(to_network_input(x.to(device)))
+        out.append(torch.softmax(logits, 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)))
+
+
+def train_classifier(args, device) -> dict:
+    d = data.load("cls")
+    labels, sources, splits = d["labels"].astype(np.int64), d["sources"], d["splits"]
+    allowed = np.array([s in SOURCE_SHARE and s != args.exclude_source for s in sources])
+    tr = (splits == "train") & (labels >= 0) & allowed
+    logger.info("classifier train crops: %s", {s: int((tr & (sources == s)).sum()) for s in SOURCE_SHARE})
+    weights = classifier_weights(sources[tr], labels[tr])
+    train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug)
+    sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
+                                    generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
+                        drop_last=True, persistent_workers=args.workers > 0)
+    val_loaders = {}
+    for src in SOURCE_SHARE:
+        if src == args.exclude_source:
+            continue
+        m = (splits == "val") & (sources == src) & (labels >= 0)
+        if m.any():
+            val_loaders[src] = (DataLoader(CropSet(d["images"][m], labels[m], False, 0), batch_size=128,
+                                           num_workers=0), labels[m])
+    unlabelled = None
+    if args.ssl:
+        # Semi-supervised: every camera's WBC crops, labels ignored, train splits only.
+        um = np.isin(sources, args.ssl.split(",")) & (splits == "train")
+        logger.info("semi-supervised pool: %s", {s: int((um & (sources == s)).sum()) for s in np.unique(sources[um])})
+        unlabelled = _cycle(DataLoader(UnlabelledSet(d["images"][um], args.seed, args.aug), batch_size=args.batch,
+                                       shuffle=True, num_workers=args.workers, drop_last=True,
+                                       generator=torch.Generator().manual_seed(args.seed)))
+    model = Classifier(width=args.width).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    steps = args.epochs * (args.epoch_size // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    best, history = -1.0, []
+    for epoch in range(args.epochs):
+        model.train()
+        t0, total, n = time.time(), 0.0, 0
+        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits, _ = model(to_network_input(x))
+            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+            if unlabelled is not None and epoch >= 2:  # after warm-up the pseudo-labels mean something
+                xw, xs = (t.to(device, non_blocking=True) for t in next(unlabelled))
+                with torch.no_grad():
+                    conf, pseudo = torch.softmax(model(to_network_input(xw))[0], 1).max(1)
+                mask = (conf >= args.ssl_threshold).float()
+                ul = F.cross_entropy(model(to_network_input(xs))[0], pseudo, reduction="none")
+                loss = loss + args.ssl_weight * (ul * mask).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(y)
+            n += len(y)
+        val = {src: float((predict(model, ld, device).argmax(1) == y).mean()) for src, (ld, y) in val_loaders.items()}
+        score = float(np.mean(list(val.values()))) if val else -float(total / n)
+        history.append({"epoch": epoch + 1, "loss": total / n, "val": val, "seconds": time.time() - t0})
+        logger.info("epoch %d loss %.4f val %s (%.0fs)", epoch + 1, total / n,
+                    {k: round(v, 3) for k, v in val.items()}, time.time() - t0)
+        if score >= best:
+            best = score
+            torch.save({"state_dict": model.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
+                        "bg_norm": not args.no_bg_norm}, Path(args.out) / "classifier.pt")
+    return {"best_val_mean": best, "history": history}
+
+
+# -------------------------------------------------------------------- detector
+def _random_frame_geometry(img, boxes, rng):
+    h, w = img.shape[:2]
+    if rng.random() < 0.5:
+        img, boxes = img[:, ::-1], np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
+    if rng.random() < 0.5:
+        img, boxes = img[::-1], np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], 1)
+    if rng.random() < 0.3:  # 90 degree turn: the stage can sit either way
+        img = np.ascontiguousarray(np.rot90(img))  # counter-clockwise
+        boxes = np.stack([boxes[:, 1], w - boxes[:, 2], boxes[:, 3], w - boxes[:, 0]], 1)
+        h, w = w, h
+    # zoom in/out: crop a window (partial cells at the edge stay, like a real pan)
+    s = rng.uniform(0.6, 1.0)
+    cw, ch = int(w * s), int(h * s)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = img[y0:y0 + ch, x0:x0 + cw]
+    boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, cw)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, ch)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = keep_area > 0.4 * np.maximum(area, 1)  # mostly-outside cells are not targets
+    return np.ascontiguousarray(img), clipped[keep]
+
+
+def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
+    gh, gw = grid_hw
+    heat = np.zeros((gh, gw), np.float32)
+    ltrb = np.zeros((4, gh, gw), np.float32)
+    mask = np.zeros((gh, gw), np.float32)
+    ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    cxg, cyg = (xs + 0.5) * stride, (ys + 0.5) * stride
+    for x1, y1, x2, y2 in boxes_net:
+        bw, bh = x2 - x1, y2 - y1
+        if bw < 4 or bh < 4:
+            continue
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        sigma = max(0.5, min(bw, bh) / stride / 6)
+        g = np.exp(-(((xs + 0.5) - cx / stride) ** 2 + ((ys + 0.5) - cy / stride) ** 2) / (2 * sigma ** 2))
+        heat = np.maximum(heat, g)
+        ci, cj = min(gh - 1, max(0, int(cy // stride))), min(gw - 1, max(0, int(cx // stride)))
+        heat[ci, cj] = 1.0
+        # regress at cells whose centre lies inside the box's central region
+        inside = (np.abs(cxg - cx) <= max(bw / 4, stride * 0.75)) & (np.abs(cyg - cy) <= max(bh / 4, stride * 0.75))
+        t = np.stack([cxg - x1, cyg - y1, x2 - cxg, y2 - cyg]) / stride
+        ltrb[:, inside] = t[:, inside]
+        mask[inside] = 1.0
+    return heat, ltrb, mask
+
+
+class FrameSet(Dataset):
+    def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0):
+        self.frames, self.boxes, self.train, self.seed, self.strength = frames, boxes, train, seed, strength
+        w, h = preprocess.DETECTOR_SIZE
+        self.grid = (h // Detector.STRIDE, w // Detector.STRIDE)
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        img, boxes = self.frames[i], self.boxes[i].astype(np.float32).reshape(-1, 4)
+        if self.train:
+            rng = _worker_rng(self.seed, i)
+            img, boxes = _random_frame_geometry(img, boxes, rng)
+            img = augment.photometric(img, rng, self.strength)
+        x, lb = preprocess.detector_input(img)
+        b = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
+        heat, ltrb, mask = detector_targets(b, self.grid, Detector.STRIDE)
+        return torch.from_numpy(x[0]), torch.from_numpy(heat), torch.from_numpy(ltrb), torch.from_numpy(mask)
+
+
+def focal_heat_loss(logits, target):
+    """CenterNet's penalty-reduced focal loss on the centre heatmap."""
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1 - pos
+    pos_loss = torch.log(p) * (1 - p) ** 2 * pos
+    neg_loss = torch.log(1 - p) * p ** 2 * (1 - target) ** 4 * neg
+    return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
+
+
+def box_loss(pred, target, mask):
+    """GIoU-free IoU loss on ltrb distances + L1, only where a box is regressed."""
+    m = mask.unsqueeze(1)
+    if mask.sum() < 1:
+        return pred.sum() * 0
+    pl, pt, pr, pb = pred.unbind(1)
+    tl, tt, tr, tb = target.unbind(1)
+    inter = (torch.min(pl, tl) + torch.min(pr, tr)) * (torch.min(pt, tt) + torch.min(pb, tb))
+    union = (pl + pr) * (pt + pb) + (tl + tr) * (tt + tb) - inter
+    iou = inter / union.clamp(min=1e-6)
+    l_iou = ((1 - iou) * mask).sum() / mask.sum()
+    l1 = (torch.abs(pred - target) * m).sum() / (m.sum() * 4) / 4
+    return l_iou + l1
+
+
+@torch.no_grad()
+def detector_val_recall(model, frames, boxes, device) -> float:
+    from edge_app.inference import decode_detections
+
+    model.eval()
+    hit = tot = 0
+    for img, gt in zip(frames, boxes):
+        x, lb = preprocess.detector_input(img)
+        heat, ltrb = model(to_network_input(torch.from_numpy(x).to(device)))
+        heat = torch.sigmoid(heat)[0, 0].cpu().numpy()
+        ltrb = ltrb[0].permute(1, 2, 0).cpu().numpy()
+        pred, _ = decode_detections(heat, ltrb, Detector.STRIDE, 0.3, 0.4)
+        pred = lb.to_frame(pred)
+        for g in gt.reshape(-1, 4):
+            tot += 1
+            if len(pred) and _iou(pred, g).max() >= 0.5:
+                hit += 1
+    return hit / max(tot, 1)
+
+
+def _iou(boxes, g):
+    xx1, yy1 = np.maximum(boxes[:, 0], g[0]), np.maximum(boxes[:, 1], g[1])
+    xx2, yy2 = np.minimum(boxes[:, 2], g[2]), np.minimum(boxes[:, 3], g[3])
+    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+    a = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(a + (g[2] - g[0]) * (g[3] - g[1]) - inter, 1e-6)
+
+
+def train_detector(args, device) -> dict:
+    d = data.load("det")
+    sources, splits = d["sources"], d["splits"]
+    tr = (splits == "train") & np.array([s != args.exclude_source for s in sources])
+    w = np.zeros(len(sources))
+    for src, share in DET_SOURCE_SHARE.items():
+        m = tr & (sources == src)
+        if m.any():
+            w[m] = share / m.sum()
+    idx = np.nonzero(tr)[0]
+    train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug)
+    sampler = WeightedRandomSampler(torch.from_numpy(w[idx]), args.epoch_size, replacement=True,
+                                    generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers, drop_last=True,
+                        persistent_workers=args.workers > 0)
+    val = {src: np.nonzero((splits == "val") & (sources == src))[0] for src in DET_SOURCE_SHARE}
+    model = Detector(width=args.width).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    steps = args.epochs * (args.epoch_size // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    best, history = -1.0, []
+    for epoch in range(args.epochs):
+        model.train()
+        t0, total, n = time.time(), 0.0, 0
+        for x, heat, ltrb, mask in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                                        disable=args.quiet):
+            x, heat, ltrb, mask = (t.to(device, non_blocking=True) for t in (x, heat, ltrb, mask))
+            ph, pb = model(to_network_input(x))
+            loss = focal_heat_loss(ph[:, 0], heat) + 2.0 * box_loss(pb, ltrb, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(x)
+            n += len(x)
+        rec = {src: detector_val_recall(model, d["frames"][ix], d["boxes"][ix], device) for src, ix in val.items()
+               if len(ix) and src != args.exclude_source}
+        score = float(np.mean(list(rec.values())))
+        history.append({"epoch": epoch + 1, "loss": total / n, "val_recall50": rec, "seconds": time.time() - t0})
+        logger.info("epoch %d loss %.4f val recall@0.5 %s (%.0fs)", epoch + 1, total / n,
+                    {k: round(v, 3) for k, v in rec.items()}, time.time() - t0)
+        if score >= best:
+            best = score
+            torch.save({"state_dict": model.state_dict(), "width": args.width, "epoch": epoch + 1, "val": rec},
+                       Path(args.out) / "detector.pt")
+    return {"best_val_mean": best, "history": history}
+
+
+# -------------------------------------------------------------------- main
+def disable_background_normalisation() -> None:
+    """Ablation switch: replace the background white-balance by a plain cast."""
+    preprocess.normalise_background = lambda img, background=None: img.astype(np.float32)
+
+DEFAULTS = {
+    # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
+    "classifier": dict(width=0.5, epochs=14, epoch_size=12800, batch=64, lr=3e-3),
+    "detector": dict(width=0.35, epochs=16, epoch_size=1536, batch=16, lr=3e-3),
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train the WBC classifier or detector.")
+    ap.add_argument("task", choices=("classifier", "detector"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=float)
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--epoch-size", type=int)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--aug", type=float, default=1.0, help="photometric augmentation strength (0 = off)")
+    ap.add_argument("--exclude-source", default=None, help="leave this source out of training (LOSO)")
+    ap.add_argument("--ssl", default=None, help="comma-separated sources whose train crops are used unlabelled")
+    ap.add_argument("--ssl-threshold", type=float, default=0.9)
+    ap.add_argument("--ssl-weight", type=float, default=1.0)
+    ap.add_argument("--no-bg-norm", action="store_true",
+                    help="ablation only: skip the background white-balance (the shipped runtime always applies it)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    for k, v in DEFAULTS[args.task].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler()])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    seed_everything(args.seed)
+    if args.no_bg_norm:
+        disable_background_normalisation()
+    device = torch.device(args.device)
+    logger.info("training %s on %s with %s", args.task, device, vars(args))
+    t0 = time.time()
+    result = (train_classifier if args.task == "classifier" else train_detector)(args, device)
+    result.update(config=vars(args), seconds=time.time() - t0, torch=torch.__version__, device=str(device))
+    (out / f"{args.task}_train.json").write_text(json.dumps(result, indent=1))
+    logger.info("done in %.1f min; best val mean %.4f", (time.time() - t0) / 60, result["best_val_mean"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

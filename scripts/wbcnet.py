@@ -1,0 +1,163 @@
+"""MobileNetV2 + CBAM networks (PyTorch, training and export only).
+
+- ``Classifier``: 96x96 cell crop -> logits over the six classes, plus the
+  spatial-attention map of its last CBAM block (stride 16, 6x6), which the app
+  shows as "why" at no extra inference cost.
+- ``Detector``: 320x240 frame -> CenterNet-style WBC centre heatmap and
+  FCOS-style (left, top, right, bottom) distances at stride 16, with the
+  stride-32 features added back in (a one-step FPN) so a cell that fills the
+  view is still seen whole.
+- ``Deployable``: the export wrapper. It takes NHWC float32 pixels 0..255 (the
+  output of ``edge_app.preprocess``), scales them in the graph, and returns
+  NHWC outputs with softmax/sigmoid applied, so ONNX (TensorRT) and TFLite see
+  exactly the same graph and the INT8 input scale is an 8-bit pixel.
+
+Only ops TensorRT 8.2+ and TFLite handle well: Conv, ReLU6, GlobalAvg/MaxPool,
+ReduceMean/Max, Sigmoid, Mul, Add, nearest Resize, Softmax, Transpose.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# (expansion t, channels c, repeats n, stride s): MobileNetV2 (Sandler et al. 2018)
+MBV2_CFG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+            (6, 320, 1, 1))
+
+
+def _div8(v: float) -> int:
+    return max(8, int(v + 4) // 8 * 8)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, cin, cout, k=3, s=1, groups=1):
+        super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        hidden = cin * t
+        layers = [] if t == 1 else [ConvBNReLU(cin, hidden, 1)]
+        layers += [ConvBNReLU(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018): channel, then spatial."""
+
+    def __init__(self, channels, reduction=8, kernel=7):
+        super().__init__()
+        hidden = max(8, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+
+    def forward(self, x):
+        # global pools as reductions: every converter lowers ReduceMean/ReduceMax
+        ca = torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
+        x = x * ca
+        sa = torch.sigmoid(self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+        return x * sa, sa
+
+
+class Backbone(nn.Module):
+    """MobileNetV2 trunk with CBAM after the stride-8, -16 (and optional -32) stages."""
+
+    def __init__(self, width: float, cbam_s32: bool = False):
+        super().__init__()
+        c = _div8(32 * width)
+        self.stem = ConvBNReLU(3, c, 3, 2)
+        stages, chans = [], []
+        for t, ch, n, s in MBV2_CFG:
+            cout = _div8(ch * width)
+            blocks = []
+            for i in range(n):
+                blocks.append(InvertedResidual(c, cout, s if i == 0 else 1, t))
+                c = cout
+            stages.append(nn.Sequential(*blocks))
+            chans.append(c)
+        # group stages by output stride: s4 (0,1) s8 (2) s16 (3,4) s32 (5,6)
+        self.s8 = nn.Sequential(*stages[0:3])
+        self.s16 = nn.Sequential(*stages[3:5])
+        self.s32 = nn.Sequential(*stages[5:7])
+        self.c8, self.c16, self.c32 = chans[2], chans[4], chans[6]
+        self.cbam8 = CBAM(self.c8)
+        self.cbam16 = CBAM(self.c16)
+        self.cbam32 = CBAM(self.c32) if cbam_s32 else None
+
+    def forward(self, x):
+        x = self.stem(x)
+        x, _ = self.cbam8(self.s8(x))
+        f16, sa16 = self.cbam16(self.s16(x))
+        f32 = self.s32(f16)
+        if self.cbam32 is not None:
+            f32, _ = self.cbam32(f32)
+        return f16, f32, sa16
+
+
+class Classifier(nn.Module):
+    def __init__(self, width: float = 0.5, num_classes: int = 6, head: int = 512, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = Backbone(width)
+        self.head = ConvBNReLU(self.backbone.c32, head, 1)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(head, num_classes)
+
+    def features(self, x):
+        _, f32, sa = self.backbone(x)
+        return self.head(f32).mean((2, 3)), sa
+
+    def forward(self, x):
+        feat, sa = self.features(x)
+        return self.fc(self.drop(feat)), sa
+
+
+class Detector(nn.Module):
+    STRIDE = 16
+
+    def __init__(self, width: float = 0.35, head: int = 64):
+        super().__init__()
+        self.backbone = Backbone(width)
+        self.lat16 = ConvBNReLU(self.backbone.c16, head, 1)
+        self.lat32 = ConvBNReLU(self.backbone.c32, head, 1)
+        self.tower = nn.Sequential(ConvBNReLU(head, head, 3, groups=head), ConvBNReLU(head, head, 1),
+                                   ConvBNReLU(head, head, 3, groups=head), ConvBNReLU(head, head, 1))
+        self.heat = nn.Conv2d(head, 1, 1)
+        self.ltrb = nn.Conv2d(head, 4, 1)
+        nn.init.constant_(self.heat.bias, -2.19)  # prior 0.1: stable focal-loss start
+
+    def forward(self, x):
+        f16, f32, _ = self.backbone(x)
+        p = self.lat16(f16) + F.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
+        p = self.tower(p)
+        return self.heat(p), F.relu(self.ltrb(p))
+
+
+def to_network_input(x_nhwc: torch.Tensor) -> torch.Tensor:
+    """NHWC 0..255 pixels -> NCHW in [-1, 1]; the scaling lives in the graph."""
+    return x_nhwc.permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+class Deployable(nn.Module):
+    """Export wrapper: NHWC pixels in, NHWC probabilities/maps out."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        x = to_network_input(x)
+        if isinstance(self.net, Classifier):
+            logits, sa = self.net(x)
+            return torch.softmax(logits, dim=1), sa.permute(0, 2, 3, 1)
+        heat, ltrb = self.net(x)
+        return torch.sigmoid(heat).permute(0, 2, 3, 1), ltrb.permute(0, 2, 3, 1)
