@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up and run the counter on the shipped sample (CPU fallback, no camera):
+#   ./scripts/demo.sh
+# Installs the runtime package into .venv (no PyTorch), counts the leukocytes
+# in samples/slide_pan_train.mp4 (a real-image slide pan) headless with the
+# TFLite INT8 model, prints the differential and compares it with the truth.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e .
+data=${WBC_DATA_DIR:-$PWD/.demo-data}
+summary="$data/sample_summary.json"
+mkdir -p "$data"
+wbc-counter run --source samples/slide_pan_train.mp4 --backend tflite --headless --target 200 \
+  --sample-id DEMO-SAMPLE --data-dir "$data" --summary-json "$summary"
+python scripts/eval_pan.py --summary "$summary" --truth samples/slide_pan_train.json

@@ -1,0 +1,117 @@
+"""Parity: ONNX, Q/DQ ONNX, TFLite FP32 and TFLite INT8 against the PyTorch model.
+
+The PyTorch outputs were stored by ``scripts/export.py`` on real images
+(``models/parity/``, drawn from the calibration set) when the artifacts were
+made; here each exported runtime is fed the same pixels through the shared
+``edge_app.preprocess`` and must agree within the tolerances the model card
+states:
+
+- FP32 (ONNX Runtime, TFLite): max |diff| <= 1e-3 on every output;
+- INT8 (TFLite full-integer, Q/DQ ONNX): classifier top-1 equal on every
+  parity crop and max |prob diff| <= 0.15; detector heatmap max |diff| <= 0.15
+  and the peak cell (the detected centre) equal on every parity frame.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_app import preprocess
+from edge_app.backends.tflite import TFLiteBackend
+from edge_app.inference import Manifest
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+FP32_TOL = 1e-3
+INT8_PROB_TOL = 0.15
+
+
+def _inputs(kind: str) -> list[np.ndarray]:
+    index = json.loads((MODELS / "parity" / "index.json").read_text())
+    out = []
+    for name in index[kind]:
+        rgb = preprocess.read_rgb(str(MODELS / "parity" / name))
+        out.append(preprocess.classifier_input(rgb) if kind == "classifier" else preprocess.detector_input(rgb)[0])
+    return out
+
+
+def _reference(kind: str) -> list[np.ndarray]:
+    with np.load(MODELS / "parity" / f"{kind}_torch.npz") as z:
+        names = [o["name"] for o in Manifest.load(MODELS).entry(kind)["outputs"]]
+        return [z[n] for n in names]
+
+
+def _onnx(path: Path):
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
+
+
+def _tflite(manifest: Manifest, kind: str, precision: str):
+    backend = TFLiteBackend(manifest.file(kind, f"tflite_{precision}"), manifest.output_shapes(kind))
+    return backend.infer
+
+
+def _run(fn, kind: str) -> list[np.ndarray]:
+    outs = [fn(x) for x in _inputs(kind)]
+    return [np.stack([np.asarray(o[i])[0] for o in outs]) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def manifest() -> Manifest:
+    return Manifest.load(MODELS)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "detector"])
+@pytest.mark.parametrize("runtime", ["onnx", "tflite_fp32"])
+def test_fp32_runtimes_match_pytorch(manifest, kind, runtime):
+    fn = _onnx(manifest.file(kind, "onnx")) if runtime == "onnx" else _tflite(manifest, kind, "fp32")
+    for got, ref in zip(_run(fn, kind), _reference(kind)):
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= FP32_TOL
+
+
+@pytest.mark.parametrize("runtime", ["tflite_int8", "onnx_qdq"])
+def test_int8_classifier_agrees_with_pytorch(manifest, runtime):
+    fn = _onnx(manifest.file("classifier", "onnx_qdq")) if runtime == "onnx_qdq" else _tflite(
+        manifest, "classifier", "int8")
+    (probs, attention), (ref_probs, ref_att) = _run(fn, "classifier"), _reference("classifier")
+    assert (probs.argmax(1) == ref_probs.argmax(1)).all()
+    assert np.abs(probs - ref_probs).max() <= INT8_PROB_TOL
+    assert attention.shape == ref_att.shape and np.abs(attention - ref_att).max() <= INT8_PROB_TOL
+
+
+@pytest.mark.parametrize("runtime", ["tflite_int8", "onnx_qdq"])
+def test_int8_detector_agrees_with_pytorch(manifest, runtime):
+    fn = _onnx(manifest.file("detector", "onnx_qdq")) if runtime == "onnx_qdq" else _tflite(
+        manifest, "detector", "int8")
+    (heat, _), (ref_heat, _) = _run(fn, "detector"), _reference("detector")
+    assert np.abs(heat - ref_heat).max() <= INT8_PROB_TOL
+    peaks = heat.reshape(len(heat), -1).argmax(1)
+    ref_peaks = ref_heat.reshape(len(ref_heat), -1).argmax(1)
+    assert (peaks == ref_peaks).all()
+
+
+def test_int8_models_take_int8_pixels(manifest):
+    """Full-integer models: the input scale is one 8-bit pixel step."""
+    for kind in ("classifier", "detector"):
+        backend = TFLiteBackend(manifest.file(kind, "tflite_int8"), manifest.output_shapes(kind))
+        assert backend.int8
+        scale, zero = backend._in_q
+        assert 0.9 <= scale <= 1.1 and zero == -128
+
+
+def test_manifest_hashes_and_shapes(manifest):
+    for kind in ("classifier", "detector"):
+        entry = manifest.entry(kind)
+        for key in ("onnx", "onnx_qdq", "tflite_fp32", "tflite_int8"):
+            manifest.file(kind, key)  # raises on a sha256 mismatch
+        onnx = pytest.importorskip("onnx")
+        model = onnx.load(str(manifest.file(kind, "onnx")))
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == entry["input"]["shape"]  # static shapes for TensorRT
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 13
