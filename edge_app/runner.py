@@ -124,9 +124,13 @@ class LiveRun:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
 
+    @property
+    def headless(self) -> bool:
+        return self.sink is None or getattr(self.sink, "name", "") == "headless"
+
     def _show(self, state, fps: float, keys_state: dict, finished: str = "") -> None:
-        if self.sink is None and self.recorder is None:
-            return
+        if self.headless and self.recorder is None:
+            return  # nobody looks: do not spend the frame budget drawing
         info = HudInfo(fps=fps, backend=self.bundle.backend_name, session=self.info.session_id,
                        capture_message=self.capture.message,
                        capture_ok=self.capture.state in (CaptureState.STREAMING, CaptureState.ENDED),
@@ -215,7 +219,7 @@ class LiveRun:
         if payload is None and reason == "error" and not p.tally.cells and not self.info.resumed:
             # The source never delivered (unreadable video, camera gone): nothing to keep open.
             self.store.abort_session(self.info.session_id)
-        if self.sink is not None and reason == "target":
+        if not self.headless and reason == "target":
             # A clear signal on screen: hold the final picture briefly.
             until = time.monotonic() + 2.0
             while time.monotonic() < until and self.sink.is_open and self.sink.poll_key() is None:
