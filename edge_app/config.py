@@ -75,6 +75,9 @@ class TrackingConfig(_Strict):
     match_distance: float = Field(0.6, gt=0)
     # Frames a lost track is remembered (for back-tracking) in slide coordinates.
     max_age_frames: int = Field(3600, ge=1)
+    # Hysteresis: detections above [model] detect_threshold keep tracks alive, but a
+    # track is only confirmed once one of its detections scored at least this.
+    confirm_score: float = Field(0.55, ge=0.0, le=1.0)
     # Classifier votes (crops fully inside the frame) averaged per cell; a track
     # is classified only until it has them, which keeps the hot path cheap.
     votes_per_track: int = Field(3, ge=1, le=20)

@@ -8,7 +8,9 @@ size. Because tracks live in slide coordinates and are remembered after they
 leave the view, a cell that slides out and comes back when the technician
 backs up meets its old track again instead of starting a new one.
 
-A track is confirmed after ``confirm_hits`` matched frames. Its class is the
+A track is confirmed after ``confirm_hits`` matched frames, provided one of
+its detections scored at least ``confirm_score`` (hysteresis: weak detections
+keep a track alive but cannot create a cell on their own). Its class is the
 mean of its per-frame classifier probabilities (temporal voting); crops cut by
 the frame border are used only when the track never had a whole crop. It is
 counted once it is confirmed and has ``votes_per_track`` whole-crop votes, or
@@ -94,6 +96,7 @@ class Match:
 class Tracker:
     def __init__(self, cfg=None):
         self.confirm_hits = getattr(cfg, "confirm_hits", 3)
+        self.confirm_score = getattr(cfg, "confirm_score", 0.0)
         self.match_distance = getattr(cfg, "match_distance", 0.6)
         self.max_age = getattr(cfg, "max_age_frames", 3600)
         self.votes_per_track = getattr(cfg, "votes_per_track", 3)
@@ -161,7 +164,7 @@ class Tracker:
                 t.center = centers[di].copy()
                 t.size = float(sizes[di]) if whole[di] or t.size < sizes[di] else t.size
             t.had_whole = t.had_whole or whole[di]
-            if t.hits >= self.confirm_hits:
+            if t.hits >= self.confirm_hits and t.score >= self.confirm_score:
                 t.confirmed = True
             matches.append(Match(t, boxes[di], scores[di], whole[di], False))
 
@@ -226,7 +229,7 @@ class Tracker:
         if drop._best_q > keep._best_q:
             keep._best_q, keep.best_crop, keep.best_attention = drop._best_q, drop.best_crop, drop.best_attention
             keep.best_box, keep.best_frame = drop.best_box, drop.best_frame
-        if keep.hits >= self.confirm_hits:
+        if keep.hits >= self.confirm_hits and keep.score >= self.confirm_score:
             keep.confirmed = True
 
     def wants_vote(self, m: Match) -> bool:

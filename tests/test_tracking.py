@@ -124,3 +124,12 @@ def test_two_cells_seen_together_are_never_merged():
     for f in range(5):
         t.update(np.array([[300, 200, 380, 280], [345, 200, 425, 280]]), [0.9, 0.9], np.zeros(2), f, (W, H))
     assert len(t.tracks) == 2
+
+
+def test_weak_detections_alone_never_confirm_a_cell():
+    t = Tracker(TrackingConfig(confirm_score=0.55))
+    for f in range(10):
+        t.update(np.array([[300, 200, 380, 280]]), [0.45], np.zeros(2), f, (W, H))
+    assert not t.tracks[0].confirmed
+    t.update(np.array([[300, 200, 380, 280]]), [0.7], np.zeros(2), 10, (W, H))
+    assert t.tracks[0].confirmed
