@@ -31,7 +31,7 @@ class Motion:
 class StageMotion:
     """Accumulates frame-to-frame shifts into the frame's slide origin."""
 
-    def __init__(self, analysis_width: int = 160, min_response: float = 0.03, max_shift_fraction: float = 0.4):
+    def __init__(self, analysis_width: int = 320, min_response: float = 0.03, max_shift_fraction: float = 0.4):
         self.analysis_width = analysis_width
         self.min_response = min_response
         self.max_shift_fraction = max_shift_fraction

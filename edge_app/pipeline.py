@@ -20,7 +20,7 @@ from edge_app.labels import CLASSES, FIVE_PART, OTHER
 from edge_app.motion import StageMotion
 from edge_app.quality import FrameQuality, QualityGate, grey_small
 from edge_app.tally import Tally
-from edge_app.tracking import Track, Tracker
+from edge_app.tracking import Track, Tracker, suppress_contained
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,10 @@ class Pipeline:
 
             t0 = time.perf_counter()
             boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
-            matches = self.tracker.update(boxes, [d.score for d in dets], self.motion.origin, frame.index, (w, h))
+            scores = [d.score for d in dets]
+            keep = suppress_contained(boxes, scores)
+            matches = self.tracker.update(boxes[keep], [scores[i] for i in keep], self.motion.origin, frame.index,
+                                          (w, h))
             t_track += (time.perf_counter() - t0) * 1000
 
             t0 = time.perf_counter()

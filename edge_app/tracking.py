@@ -51,6 +51,7 @@ class Track:
     confirmed: bool = False
     counted: bool = False
     cell_id: int | None = None  # database id once committed
+    seen_with: set = field(default_factory=set, repr=False)  # ids of tracks seen in the same frame
     best_crop: np.ndarray | None = field(default=None, repr=False)
     best_attention: np.ndarray | None = field(default=None, repr=False)
     best_box: np.ndarray | None = None
@@ -84,6 +85,34 @@ class Track:
             self.best_frame = frame
 
 
+def suppress_contained(boxes: np.ndarray, scores, overlap: float = 0.6) -> list[int]:
+    """Indices to keep after dropping boxes that lie mostly inside a better one.
+
+    IoU-based NMS keeps a small box inside a large one (their IoU is small):
+    a detector sometimes boxes a whole leukocyte and, separately, its nucleus
+    lobe. Intersection over the smaller box's area catches that; the
+    lower-scoring box of such a pair goes.
+    """
+    n = len(boxes)
+    if n < 2:
+        return list(range(n))
+    b = np.asarray(boxes, dtype=np.float32)
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    order = np.argsort(-np.asarray(scores, dtype=np.float32))
+    keep: list[int] = []
+    for i in order:
+        ok = True
+        for j in keep:
+            iw = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
+            ih = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+            if iw > 0 and ih > 0 and iw * ih / max(1e-6, min(area[i], area[j])) > overlap:
+                ok = False
+                break
+        if ok:
+            keep.append(int(i))
+    return sorted(keep)
+
+
 @dataclass
 class Match:
     track: Track
@@ -103,6 +132,7 @@ class Tracker:
         self.max_classify = getattr(cfg, "max_classify_per_track", 6)
         self.count_after_lost = getattr(cfg, "count_after_lost_frames", 8)
         self.drop_unconfirmed_after = getattr(cfg, "drop_unconfirmed_after", 6)
+        self.dedupe_distance = getattr(cfg, "dedupe_distance", 1.0)
         self.edge_px = 3.0
         self.tracks: list[Track] = []
         self._next_id = 1
@@ -169,6 +199,9 @@ class Tracker:
             matches.append(Match(t, boxes[di], scores[di], whole[di], False))
 
         self._merge_duplicates(origin, w, h, frame_index)
+        together = [m.track for m in matches]
+        for t in together:
+            t.seen_with.update(o.id for o in together if o is not t)
         matched = {id(m.track) for m in matches}
         keep = []
         for t in self.tracks:
@@ -250,11 +283,38 @@ class Tracker:
                 continue
             if t.whole_votes >= self.votes_per_track or frame_index - t.last_frame >= self.count_after_lost:
                 out.append(t)
-        return out
+        return self._not_already_counted(out)
 
     def flush(self) -> list[Track]:
         """At the end of the source: every confirmed track not yet counted."""
-        return [t for t in self.tracks if t.confirmed and not t.counted and t.votes]
+        return self._not_already_counted([t for t in self.tracks if t.confirmed and not t.counted and t.votes])
+
+    def _not_already_counted(self, tracks: list[Track]) -> list[Track]:
+        """Last check before a cell is counted: is it a counted cell seen again?
+
+        A box that jumps (a large cell cut by the border, a lobe boxed alone)
+        can start a track beyond the match gate of the cell's counted track.
+        A counted track within one cell size that was never seen in the same
+        frame as this one is the same cell: this track folds into it. Two
+        neighbouring cells are seen together, so they are never folded.
+        """
+        counted = [c for c in self.tracks if c.counted]
+        out = []
+        for t in tracks:
+            dup = None
+            for c in counted:
+                if c.id in t.seen_with or t.id in c.seen_with:
+                    continue
+                if np.linalg.norm(t.center - c.center) <= self.dedupe_distance * max(t.size, c.size):
+                    dup = c
+                    break
+            if dup is None:
+                out.append(t)
+                continue
+            logger.debug("track %d is counted track %d seen again: not counted twice", t.id, dup.id)
+            self._absorb(dup, t)
+            self.tracks = [x for x in self.tracks if x is not t]
+        return out
 
     def visible(self, frame_index: int) -> list[Track]:
         return [t for t in self.tracks if t.last_frame == frame_index]

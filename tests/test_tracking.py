@@ -133,3 +133,37 @@ def test_weak_detections_alone_never_confirm_a_cell():
     assert not t.tracks[0].confirmed
     t.update(np.array([[300, 200, 380, 280]]), [0.7], np.zeros(2), 10, (W, H))
     assert t.tracks[0].confirmed
+
+
+def confirm(t, box, frames, score=0.9, whole_vote=True):
+    ms = None
+    for f in frames:
+        ms = t.update(np.array([box], float), [score], np.zeros(2), f, (W, H))
+        if t.wants_vote(ms[0]):
+            ms[0].track.add_vote(np.eye(6, dtype=np.float32)[0], ms[0].whole)
+    return ms[0].track
+
+
+def test_a_jumped_box_on_a_counted_cell_is_not_counted_again():
+    t = Tracker(TrackingConfig())
+    first = confirm(t, [200, 200, 300, 300], range(0, 5))
+    assert t.ready(5) == [first]
+    first.counted = True
+    # 90 px away (beyond the 0.6 x 100 px gate), never seen together with the first: the same cell.
+    confirm(t, [290, 200, 390, 300], range(20, 25))
+    assert t.ready(25) == [] and t.flush() == []
+    assert len(t.tracks) == 1 and t.tracks[0].hits == 10
+
+
+def test_neighbours_seen_together_are_both_counted():
+    t = Tracker(TrackingConfig())
+    for f in range(5):
+        ms = t.update(np.array([[200, 200, 300, 300], [290, 200, 390, 300]], float), [0.9, 0.9], np.zeros(2), f,
+                      (W, H))
+        for m in ms:
+            if t.wants_vote(m):
+                m.track.add_vote(np.eye(6, dtype=np.float32)[1], m.whole)
+    ready = t.ready(5)
+    assert len(ready) == 2
+    ready[0].counted = True
+    assert t.ready(6) == [ready[1]]
