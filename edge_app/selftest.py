@@ -386,6 +386,17 @@ def _check_inference(cfg, data_dir: Path, manifest: Manifest, build_engine: bool
 # -- what the counter asks ------------------------------------------------------------
 
 
+NOT_FINISHED = ("SELF-TEST DID NOT FINISH (crashed or was stopped): restart the kiosk; call service if this "
+                "happens again")
+
+
+def record_started(store: Store) -> None:
+    """A failing result first: if the self-test dies (a native crash in a runtime, power cut),
+    the last recorded result still blocks the counter instead of an older pass."""
+    store.log_event(EVENT_KIND, {"ok": False, "started": True, "message": NOT_FINISHED, "checks": {},
+                                 "failures": [{"check": "selftest", "message": NOT_FINISHED}]})
+
+
 def record(store: Store, result: SelftestResult) -> None:
     store.log_event(EVENT_KIND, result.as_event())
 
@@ -423,5 +434,5 @@ def blocking_message(store: Store, model_version: str | None = None) -> str | No
     return None
 
 
-__all__ = ["Check", "SelftestResult", "run_selftest", "record", "last_result", "last_result_ok",
+__all__ = ["Check", "SelftestResult", "run_selftest", "record", "record_started", "last_result", "last_result_ok",
            "blocking_message", "thresholds", "DEFAULT_THRESHOLDS"]

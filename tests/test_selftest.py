@@ -262,3 +262,37 @@ def test_real_model_passes_on_tflite_int8(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     event = json.loads(proc.stdout.strip().splitlines()[-1])
     assert event["ok"] and event["backend"] == "tflite"
+
+
+def test_a_selftest_that_dies_leaves_the_counter_blocked(tmp_path):
+    """A native crash mid-test (os.abort, as a runtime's double free does) must not leave an older pass standing."""
+    data = tmp_path / "data"
+    with Store(data) as store:
+        st.record(store, st.SelftestResult([st.Check("disk", True, "ok")], "tflite", "1.0"))
+        assert st.last_result_ok(store)
+    code = ("import os, sys; import edge_app.selftest as st; from edge_app import cli; "
+            "st.run_selftest = lambda *a, **k: os.abort(); import edge_app.commands.selftest as c; "
+            "c.run_selftest = st.run_selftest; "
+            f"sys.exit(cli.main(['selftest', '--no-camera', '--data-dir', {str(data)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode < 0  # killed by SIGABRT
+    with Store(data) as store:
+        assert not st.last_result_ok(store)
+        assert "DID NOT FINISH" in st.blocking_message(store)
+
+
+@pytest.mark.skipif(not _real_model_ready(), reason="trained model + reference outputs not in models/ yet")
+@pytest.mark.parametrize("version", ["8.6.2", "10.3.0"])
+def test_real_model_through_the_tensorrt_path(monkeypatch, tmp_path, version):
+    """The shipped ONNX, manifest and calibration set through engine build, calibration and the self-test.
+
+    The fake engine executes the ONNX in FP32, so this proves the plumbing (names, shapes, calibration
+    batches, output order), not INT8 accuracy: that needs a Jetson.
+    """
+    fake, _ = trt_fakes.install(monkeypatch, version=version)
+    cfg = load_config(None, {"inference.backend": "tensorrt"})
+    result = st.run_selftest(cfg, tmp_path / "data", model_dir=REPO / "models", check_cam=False, build_engine=True)
+    assert result.ok, result.summary()
+    listing = json.loads((REPO / "calibration" / "manifest.json").read_text())
+    served = sorted(c[1] for c in fake.calls if c[0] == "calibrator.batches")
+    assert served == sorted([len(listing["crops"]), len(listing["frames"])])  # every calibration image used

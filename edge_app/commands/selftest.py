@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from edge_app.config import load_config
-from edge_app.selftest import DEFAULT_CAMERA, record, run_selftest
+from edge_app.selftest import DEFAULT_CAMERA, record, record_started, run_selftest
 from edge_app.store import Store, StoreError
 from edge_app.watchdog import SystemdNotifier
 
@@ -58,6 +58,11 @@ def main(args) -> int:
         return run_selftest(cfg, args.data_dir, model_dir=model_dir, camera=camera, check_cam=not args.no_camera,
                             build_engine=args.build_engine or bool(args.update_from))
 
+    try:
+        with Store(args.data_dir) as store:
+            record_started(store)
+    except StoreError as exc:  # reported by the database check below
+        logger.error("self-test start not recorded: %s", exc)
     if args.update_from:
         from edge_app.updates import ACTIVE, update_model
 
