@@ -44,5 +44,21 @@ requires_model = pytest.mark.skipif(not model_available(), reason="models/manife
 requires_sample = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="samples/slide_pan_train.mp4 missing")
 
 
+def assert_model_runs() -> None:
+    """Load the shipped INT8 models on TFLite in a child process first.
+
+    A native abort inside the runtime (seen with an XNNPACK build on one export)
+    would otherwise take the whole pytest process down; this turns it into a
+    failure that says what broke.
+    """
+    import subprocess
+
+    code = ("from edge_app.inference import ModelBundle; import numpy as np; "
+            "b = ModelBundle(None, backend='tflite', precision='int8'); "
+            "b.classifier(np.full((96, 96, 3), 200, np.uint8)); b.detector(np.full((480, 640, 3), 200, np.uint8))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, f"the shipped TFLite INT8 models do not load/run (exit {r.returncode}): {r.stderr[-800:]}"
+
+
 def sample_truth() -> dict:
     return json.loads(SAMPLE_TRUTH.read_text())

@@ -17,6 +17,7 @@ from tests.kiosk_fixtures import (  # noqa: E402
     ROOT,
     SAMPLE_VIDEO,
     FakeBundle,
+    assert_model_runs,
     build_synthetic_pan,
     requires_model,
     requires_sample,
@@ -49,6 +50,7 @@ def test_bench_rejects_bad_frames_and_source(tmp_path):
 @requires_model
 @requires_sample
 def test_bench_cli_prints_json_last_line(tmp_path):
+    assert_model_runs()
     r = subprocess.run([sys.executable, "-m", "edge_app", "bench", "--source", str(SAMPLE_VIDEO), "--backend",
                         "tflite", "--frames", "60", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)

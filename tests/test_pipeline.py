@@ -19,9 +19,11 @@ from edge_app.labels import FIVE_PART  # noqa: E402
 from edge_app.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests.kiosk_fixtures import (  # noqa: E402
+    ROOT,
     SAMPLE_VIDEO,
     FakeBundle,
     NoisyDetector,
+    assert_model_runs,
     build_synthetic_pan,
     requires_model,
     requires_sample,
@@ -113,18 +115,20 @@ def test_live_source_resumes_an_open_session_and_a_file_aborts_it(tmp_path, fake
 @requires_model
 @requires_sample
 def test_real_model_on_the_real_sample_video(tmp_path):
-    """Acceptance on training-side frames: unique count within 5%, percentages inside our 95% CIs."""
-    from edge_app.commands.run import load_bundle
+    """Acceptance on training-side frames, real TFLite INT8 model, the CLI as shipped:
+    unique count within 5% of the truth, true percentages inside the run's 95% CIs."""
+    import subprocess
+    import sys as _sys
 
-    cfg = load_config(None, {"inference.backend": "tflite"})
-    bundle = load_bundle(cfg)
-    try:
-        res, store = live_run(tmp_path, bundle, SAMPLE_VIDEO, cfg=cfg, target=1000)
-    finally:
-        bundle.close()
     from scripts.eval_pan import score
 
-    result = score(sample_truth(), res.payload)
+    assert_model_runs()
+    out = tmp_path / "summary.json"
+    r = subprocess.run([_sys.executable, "-m", "edge_app", "run", "--source", str(SAMPLE_VIDEO), "--backend", "tflite",
+                        "--headless", "--target", "1000", "--summary-json", str(out), "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = score(sample_truth(), json.loads(out.read_text()))
     assert result["count_ok"], result
     assert result["percent_ok"], result
 

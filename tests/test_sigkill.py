@@ -24,6 +24,7 @@ from edge_app.store import Store  # noqa: E402
 from tests.kiosk_fixtures import (  # noqa: E402
     ROOT,
     SAMPLE_VIDEO,
+    assert_model_runs,
     build_synthetic_pan,
     requires_model,
     requires_sample,
@@ -96,6 +97,7 @@ def test_sigkill_mid_session_loses_no_counted_cell(tmp_path, synthetic_pan):
 @requires_model
 @requires_sample
 def test_sigkill_real_cli_with_real_model(tmp_path):
+    assert_model_runs()
     data = tmp_path / "data"
     cmd = [sys.executable, "-m", "edge_app", "run", "--source", f"replay://{SAMPLE_VIDEO}?fps=30", "--headless",
            "--backend", "tflite", "--data-dir", str(data), "-v"]

@@ -51,6 +51,11 @@ class FrameSource:
     def close(self) -> None:
         """Release the device or file."""
 
+    def check(self) -> None:
+        """Fail early (CaptureError) if the source clearly cannot work, before models load."""
+        self.open()
+        self.close()
+
     @property
     def fps(self) -> float | None:
         return None
@@ -129,6 +134,12 @@ class V4L2Source(_OpenCVSource):
         if frame is None:
             raise CaptureError(f"camera {self.location} stopped delivering frames (unplugged?)")
         return frame
+
+    def check(self) -> None:
+        # Opening a camera twice is slow; its device node is the cheap test.
+        if not Path(self.location).exists():
+            raise CaptureError(f"camera {self.location} not found (is the microscope camera plugged in? "
+                               "list cameras with 'ls /dev/video*')")
 
 
 class VideoFileSource(_OpenCVSource):
@@ -256,6 +267,9 @@ class ReplaySource(FrameSource):
     def close(self) -> None:
         self.inner.close()
 
+    def check(self) -> None:
+        self.inner.check()
+
 
 class JetsonSource(FrameSource):
     """Any jetson-utils ``videoSource`` URI (csi://0, rtsp://, v4l2 on a Jetson)."""
@@ -302,6 +316,13 @@ class JetsonSource(FrameSource):
         if self.src is not None:
             self.src.Close()
             self.src = None
+
+    def check(self) -> None:
+        try:
+            import jetson_utils  # noqa: F401
+        except ImportError as exc:
+            raise CaptureError(f"source '{self.uri}' needs jetson-utils (JetPack); on this machine use "
+                               "v4l2:///dev/video0, a video file or an image folder") from exc
 
 
 def _jetson_utils_present() -> bool:

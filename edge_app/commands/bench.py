@@ -57,6 +57,7 @@ def main(args) -> int:
     cfg = load_config(args.config, {"inference.backend": args.backend, "model.dir": args.model_dir})
     try:
         source = open_source(args.source, cfg.capture)
+        source.check()  # a missing camera or unreadable video is said before the model loads
     except CaptureError as exc:
         print(f"wbc-counter bench: error: {exc}", file=sys.stderr)
         return 2

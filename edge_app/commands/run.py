@@ -73,6 +73,7 @@ def main(args) -> int:
         return 2
     try:
         source = open_source(args.source, cfg.capture)
+        source.check()  # a missing camera or unreadable video is said before the model loads
     except CaptureError as exc:
         print(f"wbc-counter run: error: {exc}", file=sys.stderr)
         return 2
