@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--at", type=float, default=20.0, help="seconds after start to grab the screen")
     p.add_argument("--backend", default="tflite")
     p.add_argument("--display", default=":87")
+    p.add_argument("--config", default=None, help="config file passed to the run (e.g. another precision)")
     args = p.parse_args(argv)
     if not shutil.which("Xvfb"):
         print("Xvfb not found: apt-get install -y xvfb", file=sys.stderr)
@@ -44,8 +45,9 @@ def main(argv=None) -> int:
     try:
         time.sleep(1.0)
         env = {**os.environ, "DISPLAY": args.display}
-        run = subprocess.Popen([sys.executable, "-m", "edge_app", "run", "--source", args.source, "--backend",
-                                args.backend, "--target", "200", "--data-dir", data], env=env, cwd=ROOT)
+        cmd = [sys.executable, "-m", "edge_app", "run", "--source", args.source, "--backend", args.backend,
+               "--target", "200", "--data-dir", data] + (["--config", args.config] if args.config else [])
+        run = subprocess.Popen(cmd, env=env, cwd=ROOT)
         time.sleep(args.at)
         if run.poll() is not None:
             print(f"the run ended before {args.at} s (exit {run.returncode})", file=sys.stderr)
