@@ -76,13 +76,15 @@ class TrackingConfig(_Strict):
     # Frames a lost track is remembered (for back-tracking) in slide coordinates.
     max_age_frames: int = Field(3600, ge=1)
     # Hysteresis: detections above [model] detect_threshold keep tracks alive, but a
-    # track is only confirmed once one of its detections scored at least this.
-    confirm_score: float = Field(0.55, ge=0.0, le=1.0)
-    # Classifier votes (crops fully inside the frame) averaged per cell; a track
+    # track is only confirmed once one of its detections scored at least this...
+    confirm_score: float = Field(0.6, ge=0.0, le=1.0)
+    # ... or once it has been detected in this many frames (a weak but persistent cell).
+    confirm_hits_weak: int = Field(10, ge=1)
+    # Classifier votes (square crops fully inside the frame) averaged per cell; a track
     # is classified only until it has them, which keeps the hot path cheap.
     votes_per_track: int = Field(3, ge=1, le=20)
     # Hard cap on classifier runs per track (edge crops included).
-    max_classify_per_track: int = Field(6, ge=1, le=50)
+    max_classify_per_track: int = Field(10, ge=1, le=50)
     # A confirmed track not seen for this many frames is counted with the votes it has.
     count_after_lost_frames: int = Field(8, ge=1)
     # A track about to be counted within this many cell sizes of a counted track it was

@@ -126,7 +126,7 @@ class Pipeline:
                 if self.tracker.wants_vote(m):
                     crop = preprocess.cell_crop(img, m.box)
                     c = self.bundle.classifier(crop)
-                    m.track.add_vote(c.probs, m.whole, crop, c.attention, m.box, frame.index)
+                    m.track.add_vote(c.probs, m.quality, crop, c.attention, m.box, frame.index)
             cls_ms = (time.perf_counter() - t0) * 1000
 
             t0 = time.perf_counter()

@@ -9,11 +9,14 @@ leave the view, a cell that slides out and comes back when the technician
 backs up meets its old track again instead of starting a new one.
 
 A track is confirmed after ``confirm_hits`` matched frames, provided one of
-its detections scored at least ``confirm_score`` (hysteresis: weak detections
-keep a track alive but cannot create a cell on their own). Its class is the
-mean of its per-frame classifier probabilities (temporal voting); crops cut by
-the frame border are used only when the track never had a whole crop. It is
-counted once it is confirmed and has ``votes_per_track`` whole-crop votes, or
+its detections scored at least ``confirm_score``, or after
+``confirm_hits_weak`` frames whatever its scores (hysteresis: a few weak
+detections keep a track alive but do not make a cell; a persistent one does). Its class is the
+mean of its per-frame classifier probabilities (temporal voting) over its
+best crops: a crop is "clean" when the classifier's square crop lies inside
+the frame, "whole" when only the box does, "edge" when the box is cut by the
+border; only votes of the best quality the track reached are averaged. It is
+counted once it is confirmed and has ``votes_per_track`` clean votes, or
 once it has left the view for ``count_after_lost_frames`` frames, or when the
 source ends (``flush``).
 """
@@ -25,13 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_app.preprocess import square_box
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Vote:
     probs: np.ndarray
-    whole: bool  # the crop lay fully inside the frame
+    quality: int  # 2 clean (crop square inside the frame), 1 whole (box inside), 0 edge (box cut)
 
 
 @dataclass
@@ -59,25 +64,34 @@ class Track:
     _best_q: float = -1.0
 
     @property
-    def whole_votes(self) -> int:
-        return sum(v.whole for v in self.votes)
+    def best_quality(self) -> int:
+        return max((v.quality for v in self.votes), default=-1)
+
+    @property
+    def clean_votes(self) -> int:
+        return sum(v.quality == 2 for v in self.votes)
+
+    def votes_at(self, quality: int) -> int:
+        return sum(v.quality == quality for v in self.votes)
 
     @property
     def probs(self) -> np.ndarray | None:
-        """Temporal vote: mean of whole-crop probabilities (edge crops if none)."""
-        use = [v.probs for v in self.votes if v.whole] or [v.probs for v in self.votes]
+        """Temporal vote: mean probabilities of the best-quality crops the track has."""
+        best = self.best_quality
+        use = [v.probs for v in self.votes if v.quality == best]
         if not use:
             return None
         p = np.mean(np.stack(use), axis=0)
         return (p / p.sum()).astype(np.float32)
 
-    def add_vote(self, probs: np.ndarray, whole: bool, crop=None, attention=None, box=None,
+    def add_vote(self, probs: np.ndarray, quality: int, crop=None, attention=None, box=None,
                  frame: int | None = None) -> None:
+        quality = int(quality)
         self.classified += 1
-        self.votes.append(Vote(np.asarray(probs, dtype=np.float32), whole))
+        self.votes.append(Vote(np.asarray(probs, dtype=np.float32), quality))
         # Keep the crop the log and the review strip show: the most confident
-        # whole crop (a whole crop always beats an edge crop).
-        q = float(np.max(probs)) + (1.0 if whole else 0.0)
+        # crop of the best quality (a clean crop always beats a cut one).
+        q = float(np.max(probs)) + quality
         if q > self._best_q:
             self._best_q = q
             self.best_crop, self.best_attention = crop, attention
@@ -118,14 +132,16 @@ class Match:
     track: Track
     box: np.ndarray  # frame pixels
     score: float
-    whole: bool
+    whole: bool  # box inside the frame
     new: bool
+    quality: int = 1  # 2 clean, 1 whole, 0 edge (see Vote)
 
 
 class Tracker:
     def __init__(self, cfg=None):
         self.confirm_hits = getattr(cfg, "confirm_hits", 3)
         self.confirm_score = getattr(cfg, "confirm_score", 0.0)
+        self.confirm_hits_weak = getattr(cfg, "confirm_hits_weak", 10)
         self.match_distance = getattr(cfg, "match_distance", 0.6)
         self.max_age = getattr(cfg, "max_age_frames", 3600)
         self.votes_per_track = getattr(cfg, "votes_per_track", 3)
@@ -153,6 +169,10 @@ class Tracker:
         sizes = ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1])) / 2 if len(boxes) else np.zeros(0)
         whole = [bool(b[0] > self.edge_px and b[1] > self.edge_px and b[2] < w - 1 - self.edge_px
                       and b[3] < h - 1 - self.edge_px) for b in boxes]
+        quality = []
+        for b, wh in zip(boxes, whole):
+            x1, y1, x2, y2 = square_box(b)
+            quality.append(2 if (wh and x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h) else int(wh))
 
         cands = [t for t in self.tracks
                  if frame_index - t.last_frame <= self.max_age and self._in_view(t, origin, w, h, t.size)]
@@ -180,7 +200,7 @@ class Tracker:
                           frame_index, scores[di], had_whole=whole[di])
                 self._next_id += 1
                 self.tracks.append(t)
-                matches.append(Match(t, boxes[di], scores[di], whole[di], True))
+                matches.append(Match(t, boxes[di], scores[di], whole[di], True, quality[di]))
                 continue
             if frame_index != t.last_frame:
                 t.hits += 1
@@ -194,9 +214,9 @@ class Tracker:
                 t.center = centers[di].copy()
                 t.size = float(sizes[di]) if whole[di] or t.size < sizes[di] else t.size
             t.had_whole = t.had_whole or whole[di]
-            if t.hits >= self.confirm_hits and t.score >= self.confirm_score:
+            if self._confirmable(t):
                 t.confirmed = True
-            matches.append(Match(t, boxes[di], scores[di], whole[di], False))
+            matches.append(Match(t, boxes[di], scores[di], whole[di], False, quality[di]))
 
         self._merge_duplicates(origin, w, h, frame_index)
         together = [m.track for m in matches]
@@ -216,6 +236,11 @@ class Tracker:
             keep.append(t)
         self.tracks = keep
         return matches
+
+    def _confirmable(self, t: Track) -> bool:
+        if t.hits < self.confirm_hits:
+            return False
+        return t.score >= self.confirm_score or t.hits >= self.confirm_hits_weak
 
     def _merge_duplicates(self, origin: np.ndarray, w: int, h: int, frame_index: int) -> None:
         """Fold tracks that turned out to be the same cell into one.
@@ -262,18 +287,21 @@ class Tracker:
         if drop._best_q > keep._best_q:
             keep._best_q, keep.best_crop, keep.best_attention = drop._best_q, drop.best_crop, drop.best_attention
             keep.best_box, keep.best_frame = drop.best_box, drop.best_frame
-        if keep.hits >= self.confirm_hits and keep.score >= self.confirm_score:
+        if self._confirmable(keep):
             keep.confirmed = True
 
     def wants_vote(self, m: Match) -> bool:
-        """Classify this detection? Only until the track has enough whole votes."""
+        """Classify this detection? Only until the track has enough votes of its best quality.
+
+        A cell entering the view is first cut by the border, then whole, then
+        clean; a crop worse than one the track already had is not classified.
+        """
         t = m.track
         if t.counted or t.classified >= self.max_classify:
             return False
-        if m.whole:
-            return t.whole_votes < self.votes_per_track
-        # Edge crops: at most one, and only while no whole crop was seen.
-        return t.whole_votes == 0 and t.classified == 0
+        if m.quality < t.best_quality:
+            return False
+        return t.votes_at(m.quality) < self.votes_per_track
 
     def ready(self, frame_index: int) -> list[Track]:
         """Confirmed, not yet counted tracks that have what they need to be counted."""
@@ -281,7 +309,7 @@ class Tracker:
         for t in self.tracks:
             if t.counted or not t.confirmed or not t.votes:
                 continue
-            if t.whole_votes >= self.votes_per_track or frame_index - t.last_frame >= self.count_after_lost:
+            if t.clean_votes >= self.votes_per_track or frame_index - t.last_frame >= self.count_after_lost:
                 out.append(t)
         return self._not_already_counted(out)
 

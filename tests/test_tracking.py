@@ -63,24 +63,23 @@ def test_single_frame_false_positive_is_dropped():
     assert t.tracks == []
 
 
-def test_votes_stop_after_enough_whole_crops_and_edge_crops_count_only_without_whole():
+def test_votes_follow_crop_quality_and_stop_after_enough_clean_crops():
     t = Tracker(TrackingConfig(votes_per_track=3))
     probs = np.array([0.7, 0.1, 0.1, 0.05, 0.03, 0.02], np.float32)
-    # First seen cut by the left border: one edge vote allowed.
-    ms = t.update(np.array([[0, 100, 60, 180]]), [0.9], np.zeros(2), 0, (W, H))
-    assert not ms[0].whole and t.wants_vote(ms[0])
-    ms[0].track.add_vote(np.roll(probs, 1), ms[0].whole)
-    ms = t.update(np.array([[1, 100, 61, 180]]), [0.9], np.zeros(2), 1, (W, H))
-    assert not t.wants_vote(ms[0])
-    votes = 0
-    for f in range(2, 10):
-        ms = t.update(np.array([[20 + f, 100, 100 + f, 180]]), [0.9], np.zeros(2), f, (W, H))
+    # A cell entering from the left: box cut (edge), then box inside but crop square not (whole), then clean.
+    xs = [0, 0, 10, 30, 34, 38, 42, 46, 50, 54]
+    qualities, voted = [], []
+    for f, x in enumerate(xs):
+        ms = t.update(np.array([[x, 200, x + 80, 280]]), [0.9], np.zeros(2), f, (W, H))
+        qualities.append(ms[0].quality)
         if t.wants_vote(ms[0]):
-            ms[0].track.add_vote(probs, ms[0].whole)
-            votes += 1
+            label = {0: 2, 1: 1, 2: 0}[ms[0].quality]  # edge crops say monocyte, whole lymphocyte, clean neutrophil
+            ms[0].track.add_vote(np.roll(probs, label), ms[0].quality)
+            voted.append(ms[0].quality)
+    assert qualities[:3] == [0, 0, 1] and qualities[-1] == 2
+    assert voted == [0, 0, 1, 2, 2, 2]  # no vote from a worse crop once a better one was seen
     tr = t.tracks[0]
-    assert votes == 3 and tr.whole_votes == 3
-    assert int(np.argmax(tr.probs)) == 0  # the edge vote (class 1) is ignored once whole crops exist
+    assert tr.clean_votes == 3 and int(np.argmax(tr.probs)) == 0  # only the clean votes count
     assert t.ready(9) == [tr]
 
 
@@ -90,7 +89,7 @@ def test_confirmed_track_that_left_is_counted_with_its_votes_and_flush_takes_the
     for f in range(3):
         ms = step(t, [(320.0, 240.0)], (0.0, 0.0), f)
         if f == 0:
-            ms[0].track.add_vote(p, ms[0].whole)
+            ms[0].track.add_vote(p, ms[0].quality)
     assert t.ready(3) == []  # one vote, still in view
     for f in range(3, 8):
         step(t, [], (2000.0, 0.0), f)  # the stage moved far away
@@ -126,13 +125,17 @@ def test_two_cells_seen_together_are_never_merged():
     assert len(t.tracks) == 2
 
 
-def test_weak_detections_alone_never_confirm_a_cell():
-    t = Tracker(TrackingConfig(confirm_score=0.55))
-    for f in range(10):
+def test_a_few_weak_detections_do_not_make_a_cell_but_a_strong_or_persistent_one_does():
+    t = Tracker(TrackingConfig(confirm_score=0.6, confirm_hits_weak=10))
+    for f in range(9):
         t.update(np.array([[300, 200, 380, 280]]), [0.45], np.zeros(2), f, (W, H))
     assert not t.tracks[0].confirmed
-    t.update(np.array([[300, 200, 380, 280]]), [0.7], np.zeros(2), 10, (W, H))
-    assert t.tracks[0].confirmed
+    t.update(np.array([[300, 200, 380, 280]]), [0.45], np.zeros(2), 9, (W, H))
+    assert t.tracks[0].confirmed  # ten frames in a row: a real, faint cell
+    strong = Tracker(TrackingConfig(confirm_score=0.6))
+    for f, s in enumerate([0.45, 0.45, 0.7]):
+        strong.update(np.array([[300, 200, 380, 280]]), [s], np.zeros(2), f, (W, H))
+    assert strong.tracks[0].confirmed
 
 
 def confirm(t, box, frames, score=0.9, whole_vote=True):
@@ -140,7 +143,7 @@ def confirm(t, box, frames, score=0.9, whole_vote=True):
     for f in frames:
         ms = t.update(np.array([box], float), [score], np.zeros(2), f, (W, H))
         if t.wants_vote(ms[0]):
-            ms[0].track.add_vote(np.eye(6, dtype=np.float32)[0], ms[0].whole)
+            ms[0].track.add_vote(np.eye(6, dtype=np.float32)[0], ms[0].quality)
     return ms[0].track
 
 
@@ -162,7 +165,7 @@ def test_neighbours_seen_together_are_both_counted():
                       (W, H))
         for m in ms:
             if t.wants_vote(m):
-                m.track.add_vote(np.eye(6, dtype=np.float32)[1], m.whole)
+                m.track.add_vote(np.eye(6, dtype=np.float32)[1], m.quality)
     ready = t.ready(5)
     assert len(ready) == 2
     ready[0].counted = True
