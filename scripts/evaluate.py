@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
-from edge_app.inference import Classifier, Detector, Manifest, decode_detections  # noqa: E402
-from edge_app.labels import CLASSES, FIVE_PART  # noqa: E402
+from edge_app.inference import Classifier, Detector, Manifest  # noqa: E402
+from edge_app.labels import CLASSES  # noqa: E402
 from scripts import augment, data  # noqa: E402
 from scripts.splits import DATASETS, split_of  # noqa: E402
 

@@ -29,6 +29,7 @@ from edge_app.backends.base import Backend, BackendError, TensorSpec
 from edge_app.inference import Classifier, Detector, Manifest
 from edge_app.labels import CLASS_INDEX
 from edge_app.selftest import REFERENCE_DIR, REFERENCE_FILE
+from scripts.splits import split_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ CROPS_PER_CLASS = 2
 FRAMES = 4
 # Only crops the FP32 model gets right with this confidence: a reference that
 # sits on a decision boundary would flip under INT8 and prove nothing.
-MIN_CONFIDENCE = 0.7
-CANDIDATES_PER_CLASS = 40
+MIN_CONFIDENCE = 0.6  # well clear of a tie between two classes
+CANDIDATES_PER_CLASS = 80
 DETECT_THRESHOLD = 0.35
 ATTRIBUTION = """# Self-test reference images: attribution
 
@@ -88,7 +89,9 @@ def _sha(path: Path) -> str:
 def pick_crops(classifier: Classifier, pbc_dir: Path) -> list[tuple[Path, str, np.ndarray]]:
     chosen = []
     for label in PBC_CLASSES:
-        files = sorted((pbc_dir / label).glob("*.jpg"))
+        # training-split crops only: nothing shipped comes from a test split
+        files = [f for f in sorted((pbc_dir / label).glob("*.jpg"))
+                 if split_of("pbc", f"{label}/{f.name}") == "train"]
         if not files:
             raise SystemExit(f"no PBC crops in {pbc_dir / label}")
         step = max(1, len(files) // CANDIDATES_PER_CLASS)  # spread over the class, not one scan session
@@ -107,7 +110,7 @@ def pick_crops(classifier: Classifier, pbc_dir: Path) -> list[tuple[Path, str, n
 
 def pick_frames(detector: Detector, bccd_dir: Path) -> list[tuple[Path, list]]:
     chosen = []
-    files = sorted(bccd_dir.glob("*.jpg"))
+    files = [f for f in sorted(bccd_dir.glob("*.jpg")) if split_of("bccd", f.name) == "train"]
     for path in files[:: max(1, len(files) // 40)]:
         found = detector(preprocess.read_rgb(str(path)))
         if found:

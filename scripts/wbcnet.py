@@ -8,7 +8,7 @@
   stride-32 features added back in (a one-step FPN) so a cell that fills the
   view is still seen whole.
 - ``Deployable``: the export wrapper. It takes NHWC float32 pixels 0..255 (the
-  output of ``edge_app.preprocess``), scales them in the graph, and returns
+  output of ``edge_app.preprocess``), scales them in its stem convolution, and returns
   NHWC outputs with softmax/sigmoid applied, so ONNX (TensorRT) and TFLite see
   exactly the same graph and the INT8 input scale is an 8-bit pixel.
 
@@ -17,6 +17,8 @@ ReduceMean/Max, Sigmoid, Mul, Add, nearest Resize, Softmax, Transpose.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -137,7 +139,11 @@ class Detector(nn.Module):
 
     def forward(self, x):
         f16, f32, _ = self.backbone(x)
-        p = self.lat16(f16) + F.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
+        # Exact 2x nearest upsampling, then crop (15 rows from 8 at 240 px high):
+        # the same pixels as interpolate(size=...) but every converter (ONNX
+        # Resize, TFLite RESIZE_NEAREST_NEIGHBOR) agrees on an integer factor.
+        up = F.interpolate(self.lat32(f32), scale_factor=2.0, mode="nearest")
+        p = self.lat16(f16) + up[:, :, :f16.shape[-2], :f16.shape[-1]]
         p = self.tower(p)
         return self.heat(p), F.relu(self.ltrb(p))
 
@@ -147,15 +153,40 @@ def to_network_input(x_nhwc: torch.Tensor) -> torch.Tensor:
     return x_nhwc.permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+class PixelStem(nn.Module):
+    """The stem convolution with the input scaling folded in (export only).
+
+    conv(w, x/127.5 - 1) == conv(w/127.5, x) - sum(w) when the border is
+    padded with 127.5 (the pixel value that scales to 0), so this is exact.
+    Why: a separate in-graph Mul/Sub gets its own int8 range from the
+    calibration images and clips dark pixels the calibration set lacks; here
+    the int8 input *is* the 8-bit pixel and the first op is the convolution.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.pad = conv.padding[0]
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, bias=True)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight / 127.5)
+            bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+            self.conv.bias.copy_(bias - conv.weight.sum((1, 2, 3)))
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (self.pad,) * 4, value=127.5))
+
+
 class Deployable(nn.Module):
-    """Export wrapper: NHWC pixels in, NHWC probabilities/maps out."""
+    """Export wrapper: NHWC pixels 0..255 in, NHWC probabilities/maps out."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
+        net = copy.deepcopy(net).eval()
+        net.backbone.stem[0] = PixelStem(net.backbone.stem[0])
         self.net = net
 
     def forward(self, x):
-        x = to_network_input(x)
+        x = x.permute(0, 3, 1, 2)  # scaling lives in the stem (PixelStem)
         if isinstance(self.net, Classifier):
             logits, sa = self.net(x)
             return torch.softmax(logits, dim=1), sa.permute(0, 2, 3, 1)

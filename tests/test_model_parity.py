@@ -7,9 +7,11 @@ made; here each exported runtime is fed the same pixels through the shared
 states:
 
 - FP32 (ONNX Runtime, TFLite): max |diff| <= 1e-3 on every output;
-- INT8 (TFLite full-integer, Q/DQ ONNX): classifier top-1 equal on every
-  parity crop and max |prob diff| <= 0.15; detector heatmap max |diff| <= 0.15
-  and the peak cell (the detected centre) equal on every parity frame.
+- INT8 (TFLite full-integer, Q/DQ ONNX): max |prob diff| <= 0.15, and the
+  classifier's top-1 equal on every parity crop where PyTorch's own margin
+  between its first and second class is >= 0.1 (a near-tie may flip under any
+  quantisation); detector heatmap max |diff| <= 0.15 and the peak cell (the
+  detected centre) equal on every parity frame.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edge_app.inference import Manifest
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FP32_TOL = 1e-3
 INT8_PROB_TOL = 0.15
+INT8_MARGIN = 0.1
 
 
 def _inputs(kind: str) -> list[np.ndarray]:
@@ -80,7 +83,10 @@ def test_int8_classifier_agrees_with_pytorch(manifest, runtime):
     fn = _onnx(manifest.file("classifier", "onnx_qdq")) if runtime == "onnx_qdq" else _tflite(
         manifest, "classifier", "int8")
     (probs, attention), (ref_probs, ref_att) = _run(fn, "classifier"), _reference("classifier")
-    assert (probs.argmax(1) == ref_probs.argmax(1)).all()
+    top2 = np.sort(ref_probs, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) >= INT8_MARGIN
+    assert clear.sum() >= len(ref_probs) // 2  # the check must bite on most crops
+    assert (probs.argmax(1) == ref_probs.argmax(1))[clear].all()
     assert np.abs(probs - ref_probs).max() <= INT8_PROB_TOL
     assert attention.shape == ref_att.shape and np.abs(attention - ref_att).max() <= INT8_PROB_TOL
 
@@ -114,4 +120,6 @@ def test_manifest_hashes_and_shapes(manifest):
         model = onnx.load(str(manifest.file(kind, "onnx")))
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         assert dims == entry["input"]["shape"]  # static shapes for TensorRT
+        for out, spec in zip(model.graph.output, entry["outputs"]):
+            assert [d.dim_value for d in out.type.tensor_type.shape.dim] == spec["shape"]
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 13
