@@ -264,7 +264,8 @@ def eval_noise(runners, crops, truth, seed=0) -> dict:
         for a in ALPHAS:
             rng = np.random.default_rng(seed)
             noisy = [augment.add_gaussian_noise(c, a, rng) if a > 0 else c for c in crops]
-            res[name][str(a)] = classification_metrics(truth, run_classifier(runners[name], noisy))["five_class_accuracy"]
+            m = classification_metrics(truth, run_classifier(runners[name], noisy))
+            res[name][str(a)] = m["five_class_accuracy"]
             logger.info("noise alpha %.2f %s: %.4f", a, name, res[name][str(a)])
     return res
 
@@ -422,7 +423,8 @@ def write_report(r: dict, out: Path) -> None:
             L.append(f"| {row['source']} | `{row['ckpt']}` | {row['n']} | {fmt(row['acc'])} | {fmt(row['f1'])} |")
     if r.get("levers"):
         L += ["", "## What each lever gave (left-out source, short schedule)", "",
-              "| run | left out | test crops | five-class acc | macro-F1 (five) | tecom acc |", "|---|---|---|---|---|---|"]
+              "| run | left out | test crops | five-class acc | macro-F1 (five) | tecom acc |",
+              "|---|---|---|---|---|---|"]
         for row in r["levers"]:
             L.append(f"| {row['run']} | {row['source']} ({row['splits']}) | {row['n']} | {fmt(row['acc'])}"
                      f" | {fmt(row['f1'])} | {fmt(row['tecom'])} |")

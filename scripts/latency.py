@@ -34,10 +34,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     m = Manifest.load(ROOT / "models")
     calib = json.loads((ROOT / "calibration" / "manifest.json").read_text())
-    inputs = {
-        "classifier": preprocess.classifier_input(preprocess.read_rgb(str(ROOT / "calibration" / calib["crops"][0]["file"]))),
-        "detector": preprocess.detector_input(preprocess.read_rgb(str(ROOT / "calibration" / calib["frames"][0]["file"])))[0],
-    }
+    crop = preprocess.read_rgb(str(ROOT / "calibration" / calib["crops"][0]["file"]))
+    frame = preprocess.read_rgb(str(ROOT / "calibration" / calib["frames"][0]["file"]))
+    inputs = {"classifier": preprocess.classifier_input(crop), "detector": preprocess.detector_input(frame)[0]}
     out = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "runs": args.runs, "ms": {}}
     for net, x in inputs.items():
         for precision in ("int8", "fp32"):
