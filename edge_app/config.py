@@ -107,7 +107,6 @@ class DisplayConfig(_Strict):
     output: Literal["auto", "opencv", "jetson", "headless"] = "auto"
     width: int = Field(1280, ge=320)
     height: int = Field(720, ge=240)
-    review_strip: int = Field(6, ge=0, le=20)
 
 
 class StoreConfig(_Strict):

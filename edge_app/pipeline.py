@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_app import preprocess
+from edge_app.config import ConfigError
 from edge_app.labels import CLASSES, FIVE_PART, OTHER
 from edge_app.motion import StageMotion
 from edge_app.quality import FrameQuality, QualityGate, grey_small
@@ -92,10 +93,17 @@ class Pipeline:
         self.selected: int | None = None  # cell id the technician is correcting
         self.stop_counting = False
         self.paused_frames = 0  # frames not counted on (focus, exposure)
+        # Per-device blank-field correction, if this kiosk has been calibrated.
+        self.flat = None
+        if cfg.capture.flat_field:
+            try:
+                self.flat = preprocess.FlatField.load(cfg.capture.flat_field)
+            except ValueError as exc:
+                raise ConfigError(f"capture.flat_field: {exc}") from None
 
     # -- the hot path -------------------------------------------------------
     def step(self, frame) -> FrameState:
-        img = frame.image
+        img = frame.image if self.flat is None else self.flat.apply(frame.image)
         h, w = img.shape[:2]
         self.times.add("decode", frame.decode_ms)
 

@@ -161,13 +161,30 @@ def classifier_input(crop_rgb: np.ndarray) -> np.ndarray:
     return normalise_background(resized)[None]
 
 
-def flat_field(frame_rgb: np.ndarray, blank_rgb: np.ndarray) -> np.ndarray:
-    """Divide out a per-device blank-field capture (vignetting, lamp colour).
+class FlatField:
+    """Per-device blank-field correction (vignetting, lamp colour), applied per frame.
 
-    ``blank_rgb`` is a capture of an empty, in-focus slide area with the same
-    camera settings; it is blurred so dust does not print into every frame.
+    Built once from a capture of an empty, in-focus slide area taken with the
+    same camera settings (``[capture] flat_field`` in the config). The capture
+    is blurred so dust does not print into every frame; the per-pixel gain is
+    precomputed, so the per-frame cost is one multiply.
     """
-    blank = cv2.GaussianBlur(blank_rgb.astype(np.float32), (0, 0), 15)
-    gain = blank.mean(axis=(0, 1), keepdims=True) / np.maximum(blank, 1.0)
-    out = frame_rgb.astype(np.float32) * gain
-    return np.clip(out, 0, 255).astype(np.uint8)
+
+    def __init__(self, blank_rgb: np.ndarray):
+        blank = cv2.GaussianBlur(blank_rgb.astype(np.float32), (0, 0), 15)
+        self.gain = (blank.mean(axis=(0, 1), keepdims=True) / np.maximum(blank, 1.0)).astype(np.float32)
+
+    @classmethod
+    def load(cls, path: str) -> "FlatField":
+        try:
+            return cls(read_rgb(path))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"flat-field image {path} cannot be used ({exc}); capture a blank field again "
+                             "or remove [capture] flat_field from the config") from exc
+
+    def apply(self, frame_rgb: np.ndarray) -> np.ndarray:
+        if frame_rgb.shape != self.gain.shape:
+            # another resolution than the blank capture: scale the gain map once
+            self.gain = cv2.resize(self.gain, (frame_rgb.shape[1], frame_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        out = frame_rgb.astype(np.float32) * self.gain
+        return np.clip(out, 0, 255).astype(np.uint8)
