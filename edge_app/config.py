@@ -89,7 +89,7 @@ class TrackingConfig(_Strict):
     count_after_lost_frames: int = Field(8, ge=1)
     # A track about to be counted within this many cell sizes of a counted track it was
     # never seen together with is that cell seen again (a jumped box), not a new cell.
-    dedupe_distance: float = Field(1.0, ge=0.0)
+    dedupe_distance: float = Field(1.5, ge=0.0)
     # An unconfirmed track missed this many frames in a row is dropped (a false positive).
     drop_unconfirmed_after: int = Field(6, ge=1)
     # Analysis width (px) of the phase-correlation stage-motion estimate.

@@ -148,7 +148,7 @@ class Tracker:
         self.max_classify = getattr(cfg, "max_classify_per_track", 6)
         self.count_after_lost = getattr(cfg, "count_after_lost_frames", 8)
         self.drop_unconfirmed_after = getattr(cfg, "drop_unconfirmed_after", 6)
-        self.dedupe_distance = getattr(cfg, "dedupe_distance", 1.0)
+        self.dedupe_distance = getattr(cfg, "dedupe_distance", 1.5)
         self.edge_px = 3.0
         self.tracks: list[Track] = []
         self._next_id = 1

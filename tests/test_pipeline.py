@@ -139,9 +139,6 @@ def test_real_model_counts_the_sample_within_5_percent(real_sample_run):
 
 @requires_model
 @requires_sample
-@pytest.mark.xfail(strict=True, reason="model 0.1.0-dev: its classifier calls 2 BCCD lymphocytes basophils "
-                   "(confidence 0.56-0.59, flagged for review) and truth has 0% basophils; remove this mark "
-                   "when a model passes (strict: an unexpected pass fails)")
 def test_real_model_percentages_inside_the_95_ci(real_sample_run):
     """Acceptance: every true five-part percentage inside the run's 95% Wilson CI."""
     assert real_sample_run["percent_ok"], real_sample_run
