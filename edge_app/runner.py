@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from edge_app import selftest
 from edge_app.capture import CaptureState, CaptureThread
 from edge_app.display import HudInfo, render_hud
 from edge_app.pipeline import Pipeline
@@ -107,6 +108,14 @@ class LiveRun:
                                    wbc_count=wbc_count if wbc_count is not None else cfg.tally.wbc_count)
         self.capture = CaptureThread(source, max_backoff_s=cfg.capture.reopen_max_backoff_s, max_frames=max_frames)
         self.writer = StoreWriter(store, cfg.store.crop_size, cfg.store.jpeg_quality)
+        # A failed self-test (or one for another model) keeps results from being
+        # reported: counting goes on for the technician, nothing enters the outbox.
+        # A machine where no self-test ever ran (a laptop, a developer) is not blocked.
+        self.blocked = None
+        if selftest.last_result(store) is not None:
+            self.blocked = selftest.blocking_message(store, bundle.version)
+        if self.blocked:
+            logger.error("results will not be reported: %s", self.blocked)
         self.pipeline = Pipeline(bundle, self.writer, self.info.tally, self.info.session_id, cfg,
                                  operator=cfg.kiosk.operator, frames_done=self.info.frames_done)
         self._stop = threading.Event()
@@ -132,8 +141,9 @@ class LiveRun:
         if self.headless and self.recorder is None:
             return  # nobody looks: do not spend the frame budget drawing
         info = HudInfo(fps=fps, backend=self.bundle.backend_name, session=self.info.session_id,
-                       capture_message=self.capture.message,
-                       capture_ok=self.capture.state in (CaptureState.STREAMING, CaptureState.ENDED),
+                       capture_message=self.blocked or self.capture.message,
+                       capture_ok=not self.blocked and self.capture.state in (CaptureState.STREAMING,
+                                                                                CaptureState.ENDED),
                        events=self.pipeline.events, selected=self.pipeline.selected,
                        reclassify_mode=keys_state.get("reclassify", False), finished=finished)
         canvas = render_hud(state, self.pipeline, info)
@@ -214,7 +224,8 @@ class LiveRun:
         if self.finalise and reason in ("target", "source-ended", "quit") and not self.writer.error:
             payload = p.tally.payload(session_id=self.info.session_id, meta=self.info.meta, frames=p.frames,
                                       fps=fps, finalised_at=utcnow())
-            self.store.finalise_session(self.info.session_id, payload, destinations=("fhir",), frames=p.frames)
+            destinations = () if self.blocked else ("fhir",)
+            self.store.finalise_session(self.info.session_id, payload, destinations=destinations, frames=p.frames)
             logger.info("session %s finalised: %d cells (%s)", self.info.session_id, p.tally.total, reason)
         if payload is None and reason == "error" and not p.tally.cells and not self.info.resumed:
             # The source never delivered (unreadable video, camera gone): nothing to keep open.
