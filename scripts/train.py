@@ -56,6 +56,13 @@ def _worker_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, wid, index, int(torch.initial_seed() % (2**31))])
 
 
+def make_optimiser(model, args):
+    """AdamW with a one-cycle schedule over the whole run (both networks)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    steps = args.epochs * (args.epoch_size // args.batch)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+
+
 # -------------------------------------------------------------------- classifier
 class CropSet(Dataset):
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0):
@@ -157,9 +164,7 @@ def train_classifier(args, device) -> dict:
                                        shuffle=True, num_workers=args.workers, drop_last=True,
                                        generator=torch.Generator().manual_seed(args.seed)))
     model = Classifier(width=args.width).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
-    steps = args.epochs * (args.epoch_size // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    opt, sched = make_optimiser(model, args)
     best, history = -1.0, []
     for epoch in range(args.epochs):
         model.train()
@@ -337,9 +342,7 @@ def train_detector(args, device) -> dict:
                         persistent_workers=args.workers > 0)
     val = {src: np.nonzero((splits == "val") & (sources == src))[0] for src in DET_SOURCE_SHARE}
     model = Detector(width=args.width).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
-    steps = args.epochs * (args.epoch_size // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    opt, sched = make_optimiser(model, args)
     best, history = -1.0, []
     for epoch in range(args.epochs):
         model.train()
