@@ -3,7 +3,7 @@
 Each verb lives in ``edge_app/commands/<verb>.py`` with ``add_parser(sub)``
 and ``main(args) -> int``; this module only wires them up, adds the options
 every verb shares (``--data-dir``, ``--config``, ``-v``) and turns the
-product's own errors into one clear line on stderr instead of a traceback.
+product's own errors (config, model, store, camera/source) into one clear line on stderr instead of a traceback.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from edge_app.backends import BackendError
+    from edge_app.capture import CaptureError
     from edge_app.config import ConfigError
     from edge_app.logsetup import setup_logging
     from edge_app.store import StoreError
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir = default_data_dir()
     try:
         return int(args._main(args) or 0)
-    except (ConfigError, BackendError, StoreError) as exc:
+    except (ConfigError, BackendError, StoreError, CaptureError) as exc:
         print(f"wbc-counter {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import logging
 import shutil
 import sys
 
-from edge_app.capture import CaptureError, open_source
+from edge_app.capture import open_source
 from edge_app.commands.run import add_source_args, load_bundle
 from edge_app.config import load_config
 from edge_app.store import Store
@@ -55,12 +55,8 @@ def main(args) -> int:
         print("wbc-counter bench: error: --frames must be at least 1", file=sys.stderr)
         return 2
     cfg = load_config(args.config, {"inference.backend": args.backend, "model.dir": args.model_dir})
-    try:
-        source = open_source(args.source, cfg.capture)
-        source.check()  # a missing camera or unreadable video is said before the model loads
-    except CaptureError as exc:
-        print(f"wbc-counter bench: error: {exc}", file=sys.stderr)
-        return 2
+    source = open_source(args.source, cfg.capture)
+    source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
     bundle = load_bundle(cfg)
     try:
         out = bench(cfg, bundle, source, args.data_dir, args.frames)

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_app.capture import CaptureError, open_source
+from edge_app.capture import open_source
 from edge_app.config import load_config
 from edge_app.display import DisplayError, Mp4Recorder, open_display
 from edge_app.store import Store
@@ -71,12 +71,8 @@ def main(args) -> int:
     if args.summary_json and not Path(args.summary_json).resolve().parent.is_dir():
         print(f"wbc-counter run: error: folder for --summary-json {args.summary_json} does not exist", file=sys.stderr)
         return 2
-    try:
-        source = open_source(args.source, cfg.capture)
-        source.check()  # a missing camera or unreadable video is said before the model loads
-    except CaptureError as exc:
-        print(f"wbc-counter run: error: {exc}", file=sys.stderr)
-        return 2
+    source = open_source(args.source, cfg.capture)
+    source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
     bundle = load_bundle(cfg)
     store = Store(args.data_dir)
     sink = recorder = None
