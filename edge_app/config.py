@@ -32,6 +32,9 @@ class ModelConfig(_Strict):
     review_threshold: float = Field(0.6, ge=0.0, le=1.0)
     # Detections below this score are ignored.
     detect_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    # Rotations/mirrors averaged per crop (1, 2, 4 or 8); None = the value the
+    # model was validated with (manifest). Fewer views = less CPU per cell.
+    tta_views: Optional[Literal[1, 2, 4, 8]] = None
 
 
 class InferenceConfig(_Strict):

@@ -88,6 +88,11 @@ class Manifest:
     def output_shapes(self, net: str) -> list[tuple[int, ...]]:
         return [tuple(o["shape"]) for o in self.entry(net)["outputs"]]
 
+    @property
+    def tta_views(self) -> int:
+        """Test-time views the classifier was validated with (1 for manifests before 1.1)."""
+        return int(self.entry("classifier").get("tta_views", 1))
+
 
 def create_backend(manifest: Manifest, net: str, backend: str = "auto", precision: str = "int8",
                    threads: int = 2, engine_dir: str | Path | None = None) -> Backend:
@@ -146,18 +151,47 @@ class Detector:
         return [Detection(b, float(s)) for b, s in zip(boxes, scores)]
 
 
-class Classifier:
-    """Cell crop -> class probabilities + last CBAM spatial-attention map."""
+# Test-time views of a crop: a cell has no "up", so the dihedral group of the
+# square is free extra evidence. Ordered so that every prefix of length 1, 2, 4
+# and 8 is a group (identity; + 180 degrees; + both mirrors; + the 90 degree turns).
+_VIEWS = (
+    lambda x: x,
+    lambda x: x[:, ::-1, ::-1],
+    lambda x: x[:, :, ::-1],
+    lambda x: x[:, ::-1, :],
+    lambda x: np.rot90(x, 1, axes=(1, 2)),
+    lambda x: np.rot90(x, 3, axes=(1, 2)),
+    lambda x: x.transpose(0, 2, 1, 3),
+    lambda x: x[:, ::-1, ::-1].transpose(0, 2, 1, 3),
+)
+TTA_CHOICES = (1, 2, 4, 8)
 
-    def __init__(self, backend: Backend):
+
+class Classifier:
+    """Cell crop -> class probabilities + last CBAM spatial-attention map.
+
+    With ``views`` > 1 the probabilities are the mean over that many rotations
+    and mirrors of the crop (one backend call each, batch 1, so the same engine
+    serves both); the attention map is always that of the crop as seen.
+    """
+
+    def __init__(self, backend: Backend, views: int = 1):
+        if views not in TTA_CHOICES:
+            raise BackendError(f"classifier views must be one of {TTA_CHOICES}, not {views}")
         self.backend = backend
+        self.views = views
 
     def __call__(self, crop_rgb: np.ndarray) -> Classification:
-        probs, attention = self.backend.infer(preprocess.classifier_input(crop_rgb))
-        p = probs[0].astype(np.float32)
-        p = np.clip(p, 0, None)
-        p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
-        return Classification(p, attention[0, ..., 0])
+        x = preprocess.classifier_input(crop_rgb)
+        total, attention = None, None
+        for view in _VIEWS[:self.views]:
+            probs, att = self.backend.infer(np.ascontiguousarray(view(x)))
+            p = np.clip(probs[0].astype(np.float32), 0, None)
+            p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
+            total = p if total is None else total + p
+            if attention is None:
+                attention = att[0, ..., 0]
+        return Classification(total / self.views, attention)
 
 
 def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
@@ -203,14 +237,22 @@ class ModelBundle:
     """Detector + classifier of one manifest on one backend."""
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
-                 threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None):
+                 threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
+                 tta_views: int | None = None):
         self.manifest = Manifest.load(model_dir)
         self.backend_name = resolve_backend_name(backend)
         self.precision = precision
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
         self.detector = Detector(det_backend, int(self.manifest.entry("detector")["stride"]), detect_threshold)
-        self.classifier = Classifier(cls_backend)
+        self.classifier = Classifier(cls_backend, tta_views or self.manifest.tta_views)
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModelBundle":
+        """The bundle an ``AppConfig`` asks for (every verb builds it this way)."""
+        return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
+                   threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
+                   engine_dir=cfg.inference.engine_dir, tta_views=cfg.model.tta_views)
 
     @property
     def version(self) -> str:

@@ -206,6 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--classifier", required=True)
     ap.add_argument("--detector", required=True)
     ap.add_argument("--version", default=None)
+    ap.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=8,
+                    help="classifier test-time views recorded in the manifest (chosen on the val splits: "
+                         "see the TTA table of models/EVALUATION.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
@@ -235,14 +238,17 @@ def main(argv=None) -> int:
         }
     entries["detector"]["stride"] = Detector.STRIDE
     entries["classifier"]["attention_stride"] = 16
+    entries["classifier"]["tta_views"] = args.tta_views
     parity = write_parity(models)
     version = args.version or dt.date.today().strftime("%Y.%m.%d")
+    (w, h), c = preprocess.DETECTOR_SIZE, preprocess.CLASSIFIER_SIZE[0]
     manifest = {
         "name": "wbc-mbv2-cbam",
         "version": version,
         "classes": list(CLASSES),
         "normalisation": "in-graph: x/127.5 - 1 on RGB pixels; before the graph: edge_app.preprocess "
-                         "(background-referenced white balance, letterbox 320x240 / square crop 96x96)",
+                         f"(background-referenced white balance, letterbox {w}x{h} / square crop {c}x{c}; "
+                         f"the classifier averages tta_views rotations/mirrors of each crop)",
         "crop_margin": preprocess.CROP_MARGIN,
         "onnx_opset": OPSET,
         "training_data": "../shared/datasets train splits (scripts/splits.py): pbc (CC BY 4.0), raabin, chula (MIT),"

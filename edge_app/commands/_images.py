@@ -27,9 +27,7 @@ def load_bundle(args):
 
     cfg = load_config(args.config, {"inference.backend": args.backend, "inference.precision": args.precision,
                                     "model.dir": args.model_dir})
-    return ModelBundle(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
-                       threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
-                       engine_dir=cfg.inference.engine_dir)
+    return ModelBundle.from_config(cfg)
 
 
 def for_each_image(paths, handle) -> int:

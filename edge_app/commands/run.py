@@ -47,9 +47,7 @@ def add_source_args(p) -> None:
 def load_bundle(cfg):
     from edge_app.inference import ModelBundle
 
-    return ModelBundle(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
-                       threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
-                       engine_dir=cfg.inference.engine_dir)
+    return ModelBundle.from_config(cfg)
 
 
 def write_summary(path: str, payload: dict) -> None:
