@@ -151,13 +151,14 @@ def cell_crop(frame_rgb: np.ndarray, box, margin: float = CROP_MARGIN) -> np.nda
     return crop_square(frame_rgb, square_box(box, margin))
 
 
-def classifier_input(crop_rgb: np.ndarray) -> np.ndarray:
+def classifier_input(crop_rgb: np.ndarray, size: tuple[int, int] = CLASSIFIER_SIZE) -> np.ndarray:
     """Cell crop (any size, RGB uint8) -> classifier tensor (1, H, W, 3) float32.
 
     The background is estimated on the crop itself: the same rule for
-    single-cell datasets and for crops cut from frames.
+    single-cell datasets and for crops cut from frames. ``size`` is only for
+    scoring old training checkpoints; the runtime always uses CLASSIFIER_SIZE.
     """
-    resized = cv2.resize(crop_rgb, CLASSIFIER_SIZE, interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA)
     return normalise_background(resized)[None]
 
 

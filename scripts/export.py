@@ -50,6 +50,9 @@ NAMES = {"detector": (["frame"], ["heatmap", "ltrb"]), "classifier": (["crop"], 
 
 def load_net(kind: str, ckpt: str) -> Deployable:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if kind == "classifier" and tuple(state.get("input_size", (96, 96))) != preprocess.CLASSIFIER_SIZE:
+        raise SystemExit(f"{ckpt} was trained on {state.get('input_size', (96, 96))} crops but "
+                         f"edge_app.preprocess.CLASSIFIER_SIZE is {preprocess.CLASSIFIER_SIZE}")
     net = (Classifier if kind == "classifier" else Detector)(width=state["width"])
     net.load_state_dict(state["state_dict"])
     return Deployable(net).eval()
