@@ -18,6 +18,7 @@ import numpy as np
 from edge_app.backends.base import Backend, TensorSpec
 from edge_app.inference import Classifier, Detector
 from edge_app.labels import CLASSES
+from edge_app.preprocess import CLASSIFIER_SIZE
 from scripts.make_sample_video import focus_slips, pan_path
 
 BACKGROUND_BGR = (232, 230, 232)
@@ -66,7 +67,7 @@ class FakeClassifierBackend(Backend):
 
     @property
     def input_spec(self):
-        return TensorSpec("crop", (1, 96, 96, 3))
+        return TensorSpec("crop", (1, *CLASSIFIER_SIZE[::-1], 3))
 
     def infer(self, x):
         img = x[0]

@@ -16,6 +16,8 @@ from edge_app import preprocess  # noqa: E402
 from edge_app.backends import BackendError  # noqa: E402
 from edge_app.backends import calibrator as calib  # noqa: E402
 
+CROP_SHAPE = (1, *preprocess.CLASSIFIER_SIZE[::-1], 3)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PBC = Path("/work/shared/datasets/pbc")
 
@@ -54,7 +56,7 @@ def test_files_listed_per_network_exist(calib_dir):
 def test_get_batch_copies_preprocessed_crops_to_one_device_buffer(calib_dir, tmp_path):
     files = calib.calibration_files(calib_dir, "classifier")[:12]
     cuda = _fake_cuda_with_context()
-    batches = calib.CalibrationBatches(files, "classifier", (1, 96, 96, 3))
+    batches = calib.CalibrationBatches(files, "classifier", CROP_SHAPE)
     cal = calib.calibrator_for(trt_fakes.make_trt(cuda=cuda))(batches, tmp_path / "c.calib", cuda)
     assert cal.get_batch_size() == 1
     pointers = set()
@@ -62,7 +64,7 @@ def test_get_batch_copies_preprocessed_crops_to_one_device_buffer(calib_dir, tmp
         ptrs = cal.get_batch(["image"])
         assert isinstance(ptrs, list) and len(ptrs) == 1
         pointers.add(ptrs[0])
-        on_device = np.frombuffer(bytes(cuda.state["memory"][ptrs[0]]), np.float32).reshape(1, 96, 96, 3)
+        on_device = np.frombuffer(bytes(cuda.state["memory"][ptrs[0]]), np.float32).reshape(CROP_SHAPE)
         expected = preprocess.classifier_input(preprocess.read_rgb(str(path)))
         np.testing.assert_array_equal(on_device, expected)
     assert cal.get_batch(["image"]) is None
@@ -82,7 +84,7 @@ def test_detector_batches_are_letterboxed_frames(calib_dir):
 
 def test_cache_round_trip_through_one_file(tmp_path, calib_dir):
     cuda = _fake_cuda_with_context()
-    batches = calib.CalibrationBatches(calib.calibration_files(calib_dir, "classifier"), "classifier", (1, 96, 96, 3))
+    batches = calib.CalibrationBatches(calib.calibration_files(calib_dir, "classifier"), "classifier", CROP_SHAPE)
     cache = tmp_path / "engines" / "classifier.calib"
     cal = calib.calibrator_for(trt_fakes.make_trt(cuda=cuda))(batches, cache, cuda)
     assert cal.read_calibration_cache() is None
@@ -99,11 +101,11 @@ def test_unreadable_image_is_skipped_but_too_few_is_an_error(tmp_path, calib_dir
     good = calib.calibration_files(calib_dir, "classifier")[:calib.MIN_IMAGES]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
-    batches = calib.CalibrationBatches(good + [broken], "classifier", (1, 96, 96, 3))
+    batches = calib.CalibrationBatches(good + [broken], "classifier", CROP_SHAPE)
     with caplog.at_level(logging.WARNING):
         assert len(list(batches)) == calib.MIN_IMAGES
     assert "broken.jpg skipped" in caplog.text and batches.skipped == [broken]
-    short = calib.CalibrationBatches(good[:3] + [broken], "classifier", (1, 96, 96, 3))
+    short = calib.CalibrationBatches(good[:3] + [broken], "classifier", CROP_SHAPE)
     with pytest.raises(BackendError, match="only 3 readable calibration images"):
         list(short)
 
@@ -145,7 +147,7 @@ def test_base_class_is_tensorrts_when_it_imports():
     cls = calib.calibrator_for(fake)
     assert issubclass(cls, fake.IInt8EntropyCalibrator2)
     assert calib.calibrator_for(fake) is cls  # one class per TensorRT module
-    obj = cls(calib.CalibrationBatches([], "classifier", (1, 96, 96, 3)), "/nonexistent/c", None)
+    obj = cls(calib.CalibrationBatches([], "classifier", CROP_SHAPE), "/nonexistent/c", None)
     assert obj._trt_base_initialised  # pybind11 needs the base __init__ called
     if calib._trt is None:
         assert calib.EntropyCalibrator.__mro__[-1] is object

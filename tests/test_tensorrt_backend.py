@@ -86,13 +86,13 @@ def test_int8_build_calibrates_caches_and_runs(monkeypatch, bundle, version, fla
                                                                      ["FP16", "INT8"])]
         assert ("calibrator.read_calibration_cache", False) in fake.calls
         assert ("calibrator.batches", 8) in fake.calls  # every listed crop went through get_batch
-        assert be.input_spec.shape == (1, 96, 96, 3)
-        x = np.random.default_rng(1).uniform(0, 255, (1, 96, 96, 3)).astype(np.float32)
+        assert be.input_spec.shape == (1, trt_fakes.CROP, trt_fakes.CROP, 3)
+        x = np.random.default_rng(1).uniform(0, 255, (1, trt_fakes.CROP, trt_fakes.CROP, 3)).astype(np.float32)
         probs, attention = be.infer(x)
         ref = _onnx_reference(manifest, "classifier", x)
         np.testing.assert_allclose(probs, ref[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(attention, ref[1], rtol=1e-5, atol=1e-6)
-        assert probs.dtype == np.float32 and attention.shape == (1, 12, 12, 1)
+        assert probs.dtype == np.float32 and attention.shape == (1, trt_fakes.ATT, trt_fakes.ATT, 1)
         assert _calls(fake, execute)
         # Outputs are copies: the next call must not change what the caller holds.
         kept = probs.copy()

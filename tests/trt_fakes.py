@@ -31,6 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_app.preprocess import CLASSIFIER_SIZE
+
+CROP = CLASSIFIER_SIZE[0]  # the tiny classifier takes what the app sends
+ATT = CROP // 8
+
 PLAN_MAGIC = b"FAKEPLAN"
 
 # -- pycuda.driver -------------------------------------------------------------
@@ -490,16 +495,16 @@ def _classifier_onnx(seed: int = 0) -> bytes:
         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
         helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
         helper.make_node("AveragePool", ["nchw"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-        helper.make_node("ReduceMean", ["pooled"], ["grey"], axes=[1], keepdims=1),  # (1,1,12,12)
+        helper.make_node("ReduceMean", ["pooled"], ["grey"], axes=[1], keepdims=1),  # (1,1,ATT,ATT)
         helper.make_node("Transpose", ["grey"], ["grey_nhwc"], perm=[0, 2, 3, 1]),
         helper.make_node("Div", ["grey_nhwc", "scale"], ["attention"]),
     ]
     scale = helper.make_tensor("scale", TensorProto.FLOAT, (), [255.0])
     graph = helper.make_graph(
         nodes, "tiny_classifier",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, (1, 96, 96, 3))],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, (1, CROP, CROP, 3))],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, (1, 6)),
-         helper.make_tensor_value_info("attention", TensorProto.FLOAT, (1, 12, 12, 1))],
+         helper.make_tensor_value_info("attention", TensorProto.FLOAT, (1, ATT, ATT, 1))],
         [w, scale])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.checker.check_model(model)
@@ -546,8 +551,8 @@ def write_tiny_bundle(root: Path, calib_crops: list[Path] = (), calib_frames: li
     model_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
     specs = {
-        "classifier": (_classifier_onnx(seed), "image", [1, 96, 96, 3],
-                       [("probs", [1, 6]), ("attention", [1, 12, 12, 1])]),
+        "classifier": (_classifier_onnx(seed), "image", [1, CROP, CROP, 3],
+                       [("probs", [1, 6]), ("attention", [1, ATT, ATT, 1])]),
         "detector": (_detector_onnx(), "frame", [1, 240, 320, 3],
                      [("heatmap", [1, 60, 80, 1]), ("ltrb", [1, 60, 80, 4])]),
     }
