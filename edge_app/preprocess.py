@@ -12,6 +12,14 @@ by illumination colour and intensity (white balance, lamp, vignetting). The
 plasma between cells is the brightest, most neutral part of any field, so
 scaling each channel until that background is a fixed grey removes most of the
 camera's colour cast before the network sees the image.
+
+Why stain-density referencing (classifier crops, models from 1.1): cameras and
+stains also differ in *contrast*. In optical density (OD, Beer-Lambert) the
+darkest part of a leukocyte crop (its nucleus or granules) sits near OD 3.7
+on PBC but near 1.1 on the pale, defocused Chula camera. Scaling the crop's OD
+so its 99th percentile is a fixed value removes that difference the same way
+the background step removes the colour cast. Frames are not stretched: a field
+without a leukocyte has no nucleus to reference.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ CROP_MARGIN = 0.2
 BACKGROUND_LEVEL = 230.0
 # Fraction of brightest pixels taken as background.
 BACKGROUND_QUANTILE = 0.85
+# Classifier crops: OD percentile that is mapped to STAIN_OD_TARGET (summed over
+# RGB), and the limits of that gain (a crop that is nearly empty is not blown up).
+STAIN_OD_PERCENTILE = 99.0
+STAIN_OD_TARGET = 3.0
+STAIN_GAIN_LIMITS = (1.0 / 3.0, 3.0)
 
 
 def to_rgb(image_bgr: np.ndarray) -> np.ndarray:
@@ -151,15 +164,35 @@ def cell_crop(frame_rgb: np.ndarray, box, margin: float = CROP_MARGIN) -> np.nda
     return crop_square(frame_rgb, square_box(box, margin))
 
 
-def classifier_input(crop_rgb: np.ndarray, size: tuple[int, int] = CLASSIFIER_SIZE) -> np.ndarray:
+def normalise_stain(image: np.ndarray) -> np.ndarray:
+    """Scale optical density so the crop's darkest stain has a fixed OD.
+
+    ``image`` is background-normalised float32 RGB (background at
+    BACKGROUND_LEVEL); returns the same, in 0..255. Pixels brighter than the
+    background carry no stain (OD 0) and come back as background.
+    """
+    white = BACKGROUND_LEVEL + 1.0
+    od = np.maximum(-np.log((image + 1.0) / white), 0.0)
+    total = od.sum(axis=-1).ravel()
+    k = min(len(total) - 1, int(round(len(total) * STAIN_OD_PERCENTILE / 100.0)))
+    ref = float(np.partition(total, k)[k])
+    gain = float(np.clip(STAIN_OD_TARGET / max(ref, 1e-3), *STAIN_GAIN_LIMITS))
+    out = white * np.exp(-od * gain) - 1.0
+    return np.clip(out, 0.0, 255.0).astype(np.float32)
+
+
+def classifier_input(crop_rgb: np.ndarray, size: tuple[int, int] = CLASSIFIER_SIZE,
+                     stain_norm: bool = False) -> np.ndarray:
     """Cell crop (any size, RGB uint8) -> classifier tensor (1, H, W, 3) float32.
 
     The background is estimated on the crop itself: the same rule for
-    single-cell datasets and for crops cut from frames. ``size`` is only for
-    scoring old training checkpoints; the runtime always uses CLASSIFIER_SIZE.
+    single-cell datasets and for crops cut from frames. ``stain_norm`` is a
+    property of the model (manifest ``classifier_preprocess``), as is ``size``
+    (only old training checkpoints differ from CLASSIFIER_SIZE).
     """
     resized = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA)
-    return normalise_background(resized)[None]
+    x = normalise_background(resized)
+    return (normalise_stain(x) if stain_norm else x)[None]
 
 
 class FlatField:

@@ -126,6 +126,7 @@ class TorchClassifier:
         self.model, self.torch = Deployable(net).eval(), torch
         self.bg_norm = state.get("bg_norm", True)
         self.size = tuple(state.get("input_size", (96, 96)))  # checkpoints before 1.1 were all 96x96
+        self.stain_norm = bool(state.get("stain_norm", False))
 
     def probs(self, crops: list[np.ndarray], views: int = 1) -> np.ndarray:
         """Mean softmax over the first ``views`` dihedral views, as the runtime Classifier does."""
@@ -135,7 +136,7 @@ class TorchClassifier:
         if not self.bg_norm:
             preprocess.normalise_background = lambda img, background=None: img.astype(np.float32)
         try:
-            x = np.concatenate([preprocess.classifier_input(c, self.size) for c in crops])
+            x = np.concatenate([preprocess.classifier_input(c, self.size, self.stain_norm) for c in crops])
         finally:
             preprocess.normalise_background = norm
         total = 0.0

@@ -65,8 +65,9 @@ def make_optimiser(model, args):
 
 # -------------------------------------------------------------------- classifier
 class CropSet(Dataset):
-    def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0):
+    def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
+        self.stain_norm = stain_norm
 
     def __len__(self):
         return len(self.images)
@@ -77,15 +78,15 @@ class CropSet(Dataset):
             rng = _worker_rng(self.seed, i)
             img = augment.crop_geometry(img, rng)
             img = augment.photometric(img, rng, self.strength)
-        x = preprocess.classifier_input(img)[0]
+        x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i])
 
 
 class UnlabelledSet(Dataset):
     """Crops without (or ignoring) labels: a weak and a strong view (FixMatch)."""
 
-    def __init__(self, images, seed: int, strength: float = 1.0):
-        self.images, self.seed, self.strength = images, seed, strength
+    def __init__(self, images, seed: int, strength: float = 1.0, stain_norm: bool = False):
+        self.images, self.seed, self.strength, self.stain_norm = images, seed, strength, stain_norm
 
     def __len__(self):
         return len(self.images)
@@ -94,8 +95,8 @@ class UnlabelledSet(Dataset):
         rng = _worker_rng(self.seed + 7, i)
         weak = augment.crop_geometry(self.images[i], rng)
         strong = augment.photometric(augment.crop_geometry(self.images[i], rng), rng, self.strength)
-        return (torch.from_numpy(preprocess.classifier_input(weak)[0]),
-                torch.from_numpy(preprocess.classifier_input(strong)[0]))
+        return (torch.from_numpy(preprocess.classifier_input(weak, stain_norm=self.stain_norm)[0]),
+                torch.from_numpy(preprocess.classifier_input(strong, stain_norm=self.stain_norm)[0]))
 
 
 def _cycle(loader):
@@ -142,7 +143,7 @@ def train_classifier(args, device) -> dict:
     tr = (splits == "train") & (labels >= 0) & allowed
     logger.info("classifier train crops: %s", {s: int((tr & (sources == s)).sum()) for s in SOURCE_SHARE})
     weights = classifier_weights(sources[tr], strata_of(sources[tr], labels[tr], d["keys"][tr]))
-    train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug)
+    train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
@@ -153,16 +154,17 @@ def train_classifier(args, device) -> dict:
             continue
         m = (splits == "val") & (sources == src) & (labels >= 0)
         if m.any():
-            val_loaders[src] = (DataLoader(CropSet(d["images"][m], labels[m], False, 0), batch_size=128,
+            val_loaders[src] = (DataLoader(CropSet(d["images"][m], labels[m], False, 0, stain_norm=args.stain_norm),
+                                           batch_size=128,
                                            num_workers=0), labels[m])
     unlabelled = None
     if args.ssl:
         # Semi-supervised: every camera's WBC crops, labels ignored, train splits only.
         um = np.isin(sources, args.ssl.split(",")) & (splits == "train")
         logger.info("semi-supervised pool: %s", {s: int((um & (sources == s)).sum()) for s in np.unique(sources[um])})
-        unlabelled = _cycle(DataLoader(UnlabelledSet(d["images"][um], args.seed, args.aug), batch_size=args.batch,
-                                       shuffle=True, num_workers=args.workers, drop_last=True,
-                                       generator=torch.Generator().manual_seed(args.seed)))
+        pool = UnlabelledSet(d["images"][um], args.seed, args.aug, args.stain_norm)
+        unlabelled = _cycle(DataLoader(pool, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                       drop_last=True, generator=torch.Generator().manual_seed(args.seed)))
     model = Classifier(width=args.width).to(device)
     opt, sched = make_optimiser(model, args)
     best, history = -1.0, []
@@ -196,7 +198,8 @@ def train_classifier(args, device) -> dict:
         if score >= best:
             best = score
             torch.save({"state_dict": model.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
-                        "bg_norm": not args.no_bg_norm, "input_size": list(preprocess.CLASSIFIER_SIZE)},
+                        "bg_norm": not args.no_bg_norm, "input_size": list(preprocess.CLASSIFIER_SIZE),
+                        "stain_norm": args.stain_norm},
                        Path(args.out) / "classifier.pt")
     return {"best_val_mean": best, "history": history}
 
@@ -396,6 +399,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ssl-weight", type=float, default=1.0)
     ap.add_argument("--no-bg-norm", action="store_true",
                     help="ablation only: skip the background white-balance (the shipped runtime always applies it)")
+    ap.add_argument("--stain-norm", action="store_true",
+                    help="classifier: reference each crop's stain density (edge_app.preprocess.normalise_stain)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
