@@ -93,6 +93,11 @@ class Manifest:
         """Test-time views the classifier was validated with (1 for manifests before 1.1)."""
         return int(self.entry("classifier").get("tta_views", 1))
 
+    @property
+    def stain_norm(self) -> bool:
+        """Whether the classifier was trained on stain-density-referenced crops (models from 1.1)."""
+        return bool(self.entry("classifier").get("preprocess", {}).get("stain_norm", False))
+
 
 def create_backend(manifest: Manifest, net: str, backend: str = "auto", precision: str = "int8",
                    threads: int = 2, engine_dir: str | Path | None = None) -> Backend:
@@ -175,14 +180,20 @@ class Classifier:
     serves both); the attention map is always that of the crop as seen.
     """
 
-    def __init__(self, backend: Backend, views: int = 1):
+    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False):
         if views not in TTA_CHOICES:
             raise BackendError(f"classifier views must be one of {TTA_CHOICES}, not {views}")
         self.backend = backend
         self.views = views
+        self.stain_norm = stain_norm
+
+    @classmethod
+    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None) -> "Classifier":
+        """The classifier as its manifest says it was validated (views, preprocessing)."""
+        return cls(backend, views or manifest.tta_views, manifest.stain_norm)
 
     def __call__(self, crop_rgb: np.ndarray) -> Classification:
-        x = preprocess.classifier_input(crop_rgb)
+        x = preprocess.classifier_input(crop_rgb, stain_norm=self.stain_norm)
         total, attention = None, None
         for view in _VIEWS[:self.views]:
             probs, att = self.backend.infer(np.ascontiguousarray(view(x)))
@@ -245,7 +256,7 @@ class ModelBundle:
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
         self.detector = Detector(det_backend, int(self.manifest.entry("detector")["stride"]), detect_threshold)
-        self.classifier = Classifier(cls_backend, tta_views or self.manifest.tta_views)
+        self.classifier = Classifier.for_manifest(cls_backend, self.manifest, tta_views)
 
     @classmethod
     def from_config(cls, cfg) -> "ModelBundle":

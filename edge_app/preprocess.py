@@ -195,6 +195,11 @@ def classifier_input(crop_rgb: np.ndarray, size: tuple[int, int] = CLASSIFIER_SI
     return (normalise_stain(x) if stain_norm else x)[None]
 
 
+def model_input(net: str, rgb: np.ndarray, stain_norm: bool = False) -> np.ndarray:
+    """The (1, H, W, 3) tensor one network takes for a whole image (calibration, parity, latency)."""
+    return classifier_input(rgb, stain_norm=stain_norm) if net == "classifier" else detector_input(rgb)[0]
+
+
 class FlatField:
     """Per-device blank-field correction (vignetting, lamp colour), applied per frame.
 

@@ -375,7 +375,7 @@ def _check_inference(cfg, data_dir: Path, manifest: Manifest, build_engine: bool
                 result.hashes[f"{net}_engine"] = {"file": path.name, "sha256": manifest.entry(net)["sha256"][path.name]}
                 backends.append(create_backend(manifest, net, "tflite", precision, cfg.inference.threads))
             result.checks.append(Check("engine", True, f"TFLite {precision} (no engine to build on a CPU)"))
-        classifier = Classifier(backends[1], manifest.tta_views)  # as the reference outputs were made
+        classifier = Classifier.for_manifest(backends[1], manifest)  # as the reference outputs were made
         result.checks.append(check_reference(manifest, classifier, backends[0], thresholds(manifest)))
     except BackendError as exc:
         result.checks.append(Check("reference", False, f"the model cannot be loaded: {exc}"))

@@ -72,12 +72,13 @@ def classifier_runners(manifest: Manifest) -> dict:
     shapes, views = manifest.output_shapes("classifier"), manifest.tta_views
     int8 = TFLiteBackend(manifest.file("classifier", "tflite_int8"), shapes)
     runners = {
-        "tflite_fp32": Classifier(TFLiteBackend(manifest.file("classifier", "tflite_fp32"), shapes), views),
-        "tflite_int8": Classifier(int8, views),
-        "onnx_qdq": Classifier(OnnxNet(manifest.file("classifier", "onnx_qdq")), views),
+        "tflite_fp32": Classifier.for_manifest(TFLiteBackend(manifest.file("classifier", "tflite_fp32"), shapes),
+                                               manifest),
+        "tflite_int8": Classifier.for_manifest(int8, manifest),
+        "onnx_qdq": Classifier.for_manifest(OnnxNet(manifest.file("classifier", "onnx_qdq")), manifest),
     }
     if views > 1:  # the same INT8 model on the crop as seen, to show what the extra views add
-        runners["tflite_int8_1view"] = Classifier(int8, 1)
+        runners["tflite_int8_1view"] = Classifier(int8, 1, manifest.stain_norm)
     return runners
 
 
@@ -89,7 +90,7 @@ def eval_tta_val(manifest: Manifest) -> dict:
     backend = TFLiteBackend(manifest.file("classifier", "tflite_int8"), manifest.output_shapes("classifier"))
     res = {}
     for views in (1, 2, 4, 8):
-        clf, hits, row = Classifier(backend, views), [], {}
+        clf, hits, row = Classifier(backend, views, manifest.stain_norm), [], {}
         for src in ("pbc", "raabin", "chula", "bccd"):
             m = (d["sources"] == src) & (d["splits"] == "val") & (d["labels"] >= 0) & (d["labels"] < 5)
             h = run_classifier(clf, list(d["images"][m])).argmax(1) == d["labels"][m]

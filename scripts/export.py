@@ -58,13 +58,13 @@ def load_net(kind: str, ckpt: str) -> Deployable:
     return Deployable(net).eval()
 
 
-def calibration_inputs(kind: str) -> list[np.ndarray]:
+def calibration_inputs(kind: str, stain_norm: bool = False) -> list[np.ndarray]:
     """The shipped calibration images through the runtime preprocessing."""
     manifest = json.loads((CALIB / "manifest.json").read_text())
     out = []
     for e in manifest["crops" if kind == "classifier" else "frames"]:
         rgb = preprocess.read_rgb(str(CALIB / e["file"]))
-        out.append(preprocess.classifier_input(rgb) if kind == "classifier" else preprocess.detector_input(rgb)[0])
+        out.append(preprocess.model_input(kind, rgb, stain_norm))
     return out
 
 
@@ -177,7 +177,7 @@ def output_shapes(model: Deployable, kind: str) -> list[list[int]]:
     return [list(o.shape) for o in outs]
 
 
-def write_parity(models: dict[str, Deployable]) -> dict:
+def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
     """A few real calibration images + PyTorch outputs, for the parity test."""
     pdir = MODELS / "parity"
     if pdir.exists():
@@ -192,7 +192,7 @@ def write_parity(models: dict[str, Deployable]) -> dict:
             dst = pdir / Path(e["file"]).name
             shutil.copy(CALIB / e["file"], dst)
             rgb = preprocess.read_rgb(str(dst))
-            x = preprocess.classifier_input(rgb) if kind == "classifier" else preprocess.detector_input(rgb)[0]
+            x = preprocess.model_input(kind, rgb, stain_norm)
             with torch.no_grad():
                 ys = models[kind](torch.from_numpy(x))
             for n, y in zip(NAMES[kind][1], ys):
@@ -218,9 +218,10 @@ def main(argv=None) -> int:
     MODELS.mkdir(exist_ok=True)
     ckpts = {"classifier": args.classifier, "detector": args.detector}
     models = {k: load_net(k, v) for k, v in ckpts.items()}
+    stain_norm = bool(torch.load(args.classifier, map_location="cpu", weights_only=False).get("stain_norm", False))
     entries = {}
     for kind, model in models.items():
-        calib = calibration_inputs(kind)
+        calib = calibration_inputs(kind, stain_norm)
         logger.info("%s: %d calibration inputs", kind, len(calib))
         files = {"onnx": f"{kind}.onnx", "onnx_qdq": f"{kind}_qdq.onnx", "tflite_fp32": f"{kind}_fp32.tflite",
                  "tflite_int8": f"{kind}_int8.tflite"}
@@ -242,7 +243,9 @@ def main(argv=None) -> int:
     entries["detector"]["stride"] = Detector.STRIDE
     entries["classifier"]["attention_stride"] = 16
     entries["classifier"]["tta_views"] = args.tta_views
-    parity = write_parity(models)
+    entries["classifier"]["preprocess"] = {"stain_norm": stain_norm, "stain_od_target": preprocess.STAIN_OD_TARGET,
+                                           "stain_od_percentile": preprocess.STAIN_OD_PERCENTILE}
+    parity = write_parity(models, stain_norm)
     version = args.version or dt.date.today().strftime("%Y.%m.%d")
     (w, h), c = preprocess.DETECTOR_SIZE, preprocess.CLASSIFIER_SIZE[0]
     manifest = {

@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     calib = json.loads((ROOT / "calibration" / "manifest.json").read_text())
     crop = preprocess.read_rgb(str(ROOT / "calibration" / calib["crops"][0]["file"]))
     frame = preprocess.read_rgb(str(ROOT / "calibration" / calib["frames"][0]["file"]))
-    inputs = {"classifier": preprocess.classifier_input(crop), "detector": preprocess.detector_input(frame)[0]}
+    inputs = {"classifier": preprocess.model_input("classifier", crop, m.stain_norm),
+              "detector": preprocess.model_input("detector", frame)}
     out = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "runs": args.runs, "ms": {}}
     for net, x in inputs.items():
         for precision in ("int8", "fp32"):

@@ -37,7 +37,7 @@ def _inputs(kind: str) -> list[np.ndarray]:
     out = []
     for name in index[kind]:
         rgb = preprocess.read_rgb(str(MODELS / "parity" / name))
-        out.append(preprocess.classifier_input(rgb) if kind == "classifier" else preprocess.detector_input(rgb)[0])
+        out.append(preprocess.model_input(kind, rgb, Manifest.load(MODELS).stain_norm))
     return out
 
 

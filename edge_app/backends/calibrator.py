@@ -78,18 +78,13 @@ def calibration_files(calib_dir: str | Path, net: str) -> list[Path]:
     return [d / n for n in names]
 
 
-def _to_input(net: str, rgb: np.ndarray) -> np.ndarray:
-    if net == "detector":
-        return preprocess.detector_input(rgb)[0]
-    return preprocess.classifier_input(rgb)
-
-
 class CalibrationBatches:
     """Preprocessed float32 inputs (batch 1) for one network, read lazily from disk."""
 
-    def __init__(self, files: list[Path], net: str, input_shape: tuple[int, ...]):
+    def __init__(self, files: list[Path], net: str, input_shape: tuple[int, ...], stain_norm: bool = False):
         self.files = list(files)
         self.net = net
+        self.stain_norm = stain_norm  # the classifier's own preprocessing (manifest), as at run time
         self.input_shape = tuple(int(v) for v in input_shape)
         self.skipped: list[Path] = []
 
@@ -104,7 +99,7 @@ class CalibrationBatches:
         used = 0
         for path in self.files:
             try:
-                x = _to_input(self.net, preprocess.read_rgb(str(path)))
+                x = preprocess.model_input(self.net, preprocess.read_rgb(str(path)), self.stain_norm)
             except (OSError, ValueError) as exc:
                 # One bad file must not stop a kiosk's first boot; too many must.
                 logger.warning("calibration image %s skipped: %s", path.name, exc)

@@ -190,7 +190,7 @@ def build_engine(manifest, plan: EnginePlan) -> engine_cache.CacheState:
     if plan.calibrate:
         calib_dir = calib.find_calibration_dir(manifest.dir)
         shape = tuple(manifest.entry(net)["input"]["shape"])
-        batches = calib.CalibrationBatches(calib.calibration_files(calib_dir, net), net, shape)
+        batches = calib.CalibrationBatches(calib.calibration_files(calib_dir, net), net, shape, manifest.stain_norm)
         calibrator = calib.calibrator_for(trt)(batches, plan.calibration_cache, cuda)
     logger.info("building TensorRT engine for the %s: %s", net, plan.key.describe())
     t0 = time.monotonic()
