@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # Network input sizes (width, height). The manifest repeats them; runtime
 # checks that both agree.
 DETECTOR_SIZE = (320, 240)
-CLASSIFIER_SIZE = (96, 96)
+CLASSIFIER_SIZE = (128, 128)
 # Square crop side = longest box side * (1 + 2 * CROP_MARGIN).
 CROP_MARGIN = 0.2
 # Plasma background is mapped to this grey level in every channel.

@@ -1,7 +1,7 @@
 """MobileNetV2 + CBAM networks (PyTorch, training and export only).
 
-- ``Classifier``: 96x96 cell crop -> logits over the six classes, plus the
-  spatial-attention map of its last CBAM block (stride 16, 6x6), which the app
+- ``Classifier``: 128x128 cell crop -> logits over the six classes, plus the
+  spatial-attention map of its last CBAM block (stride 16, 8x8), which the app
   shows as "why" at no extra inference cost.
 - ``Detector``: 320x240 frame -> CenterNet-style WBC centre heatmap and
   FCOS-style (left, top, right, bottom) distances at stride 16, with the
