@@ -113,7 +113,7 @@ def test_unreadable_image_is_skipped_but_too_few_is_an_error(tmp_path, calib_dir
 def test_shape_mismatch_names_the_release_problem(calib_dir):
     files = calib.calibration_files(calib_dir, "classifier")[:2]
     with pytest.raises(BackendError, match="different releases"):
-        list(calib.CalibrationBatches(files, "classifier", (1, 128, 128, 3)))
+        list(calib.CalibrationBatches(files, "classifier", (1, CROP_SHAPE[1] + 32, CROP_SHAPE[2] + 32, 3)))
 
 
 def test_manifest_problems_are_clear(tmp_path):
