@@ -1,7 +1,7 @@
 """Evaluate the shipped models per source -> ``models/EVALUATION.md`` + PNG plots.
 
     python -m scripts.evaluate                       # shipped models/, all test splits
-    python -m scripts.evaluate --loso runs/loso_chula/classifier.pt:chula --levers runs/levers
+    python -m scripts.evaluate --loso runs/loso_chula/classifier.pt:chula --levers runs/levers runs/levers128
 
 Every figure names its split (``scripts/splits.py``); nothing here is used to
 choose a model. The classifier is run through the product's own path
@@ -472,17 +472,19 @@ def write_report(r: dict, out: Path) -> None:
                      f" | {row.get('views', 1)} | {fmt(row.get('acc_tta'))} | {fmt(row.get('f1_tta'))} |")
     if r.get("levers"):
         L += ["", "## What each lever gave (left-out source, short schedule)", "",
-              "Runs of `scripts/lever_sweep.sh runs/levers`: 6 epochs x 6,400 crops each (a sixth of the shipped",
-              "schedule, to fit a 2-core CPU), one lever changed at a time against `recipe` (the shipped recipe).",
-              "`noaug`: no photometric augmentation; `nobg`: no background white balance; `ssl`: + FixMatch-style",
-              "pseudo-labels on unlabelled train-split crops of chula/bccd/txl_pbc. Chula is scored on its val+test",
-              "slides only (the ssl run saw its train slides unlabelled); 62 crops from 4 slides-classes, so one",
-              "slide's look dominates: read these as noisy.", "",
-              "| run | left out | test crops | five-class acc | macro-F1 (five) | tecom acc |",
-              "|---|---|---|---|---|---|"]
+              "Runs of `scripts/lever_sweep.sh DIR`: 6 epochs x 6,400 crops each (a sixth of the shipped",
+              "schedule, to fit a 2-core CPU), one lever changed at a time against `recipe` (the shipped recipe",
+              "at that crop size). `noaug`: no photometric augmentation; `nobg`: no background white balance;",
+              "`ssl`: + FixMatch-style pseudo-labels on unlabelled train-split crops of chula/bccd/txl_pbc;",
+              "`stain`: + stain-density referencing of each crop. Chula is scored on its val+test slides only",
+              "(the ssl run saw its train slides unlabelled); 62 crops from 4 slides-classes, so one slide's",
+              "look dominates: read these as noisy. The last two columns average the runtime's test-time views.",
+              "", "| run | crop | left out | test crops | five-class acc | macro-F1 (five) | tecom acc"
+              " | views | five-class acc | tecom acc |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in r["levers"]:
-            L.append(f"| {row['run']} | {row['source']} ({row['splits']}) | {row['n']} | {fmt(row['acc'])}"
-                     f" | {fmt(row['f1'])} | {fmt(row['tecom'])} |")
+            L.append(f"| {row['run']} | {row.get('crop', 96)} | {row['source']} ({row['splits']}) | {row['n']}"
+                     f" | {fmt(row['acc'])} | {fmt(row['f1'])} | {fmt(row['tecom'])} | {row.get('views', 1)}"
+                     f" | {fmt(row.get('acc_tta'))} | {fmt(row.get('tecom_tta'))} |")
     (out / "EVALUATION.md").write_text("\n".join(L) + "\n")
 
 
@@ -490,7 +492,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, default=MODELS)
     ap.add_argument("--loso", nargs="*", default=[], help="CKPT:SOURCE pairs (classifier trained without SOURCE)")
-    ap.add_argument("--levers", type=Path, default=None, help="folder of lever-study runs (scripts/lever_sweep.sh)")
+    ap.add_argument("--levers", type=Path, nargs="*", default=[],
+                    help="folders of lever-study runs (scripts/lever_sweep.sh)")
     ap.add_argument("--skip-main", action="store_true", help="only LOSO/levers (reuse evaluation.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -524,14 +527,19 @@ def main(argv=None) -> int:
                               "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"]})
     if args.levers:
         r["levers"] = []
-        for ck in sorted(args.levers.glob("*/classifier.pt")):
+        for ck in sorted(ck for d in args.levers for ck in d.glob("*/classifier.pt")):
             src = ck.parent.name.split("_")[1]
             splits = ("val", "test") if src == "chula" else ("train", "val", "test")  # ssl saw chula train slides
             m = eval_checkpoint(ck, src, splits)
+            mt = eval_checkpoint(ck, src, splits, manifest.tta_views)
             tec = eval_checkpoint(ck, "tecom", ("test",))
-            r["levers"].append({"run": ck.parent.name, "source": src, "splits": "+".join(splits), "n": m["n_five"],
-                                "acc": m["five_class_accuracy"], "f1": m["macro_f1_five"],
-                                "tecom": tec["five_class_accuracy"]})
+            tect = eval_checkpoint(ck, "tecom", ("test",), manifest.tta_views)
+            size = TorchClassifier(ck).size[0]
+            r["levers"].append({"run": f"{ck.parent.parent.name}/{ck.parent.name}", "crop": size, "source": src,
+                                "splits": "+".join(splits), "n": m["n_five"], "acc": m["five_class_accuracy"],
+                                "f1": m["macro_f1_five"], "tecom": tec["five_class_accuracy"],
+                                "views": manifest.tta_views, "acc_tta": mt["five_class_accuracy"],
+                                "tecom_tta": tect["five_class_accuracy"]})
     jpath.write_text(json.dumps(r, indent=1))
     plot_confusions(r["classifier"], out)
     plot_noise(r["noise"], out)
