@@ -3,7 +3,6 @@
 
 from setuptools import find_packages, setup
 
-
 setup(
     name="wbc-counter",
     version="0.1.0",

@@ -34,7 +34,7 @@ if command -v npm >/dev/null; then
 fi
 
 echo "== ruff"
-ruff check edge_app scripts tests
+ruff check edge_app scripts tests setup.py
 echo "== pytest"
 set +e
 python -m pytest -q "$@"
