@@ -95,7 +95,7 @@ class Manifest:
 
     @property
     def stain_norm(self) -> bool:
-        """Whether the classifier was trained on stain-density-referenced crops (models from 1.1)."""
+        """Whether the classifier was trained on stain-density-referenced crops (absent = no)."""
         return bool(self.entry("classifier").get("preprocess", {}).get("stain_norm", False))
 
 

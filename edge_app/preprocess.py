@@ -13,7 +13,8 @@ plasma between cells is the brightest, most neutral part of any field, so
 scaling each channel until that background is a fixed grey removes most of the
 camera's colour cast before the network sees the image.
 
-Why stain-density referencing (classifier crops, models from 1.1): cameras and
+Why stain-density referencing (classifier crops; selected per model by its
+manifest, not used by model 1.1.0, see models/MODEL_CARD.md): cameras and
 stains also differ in *contrast*. In optical density (OD, Beer-Lambert) the
 darkest part of a leukocyte crop (its nucleus or granules) sits near OD 3.7
 on PBC but near 1.1 on the pale, defocused Chula camera. Scaling the crop's OD
@@ -63,16 +64,14 @@ def read_rgb(path: str) -> np.ndarray:
     return to_rgb(image)
 
 
-def estimate_background(image_rgb: np.ndarray) -> np.ndarray:
+def estimate_background(image_rgb: np.ndarray, max_side: int = 64) -> np.ndarray:
     """Per-channel colour of the slide background (plasma), float32 (3,).
 
-    The mean colour of the brightest pixels (of a strided sample for frames).
+    The mean colour of the brightest pixels of a strided sample about
+    ``max_side`` pixels across (frames: speed in the per-frame path).
     """
     h, w = image_rgb.shape[:2]
-    # Every pixel of a classifier crop (a strided sample of a 128 px crop is a
-    # different sample once the crop is turned, which moved probabilities by
-    # up to 0.03); frames are sampled on a <= 128 px grid for speed.
-    step = max(1, int(max(h, w) // 128))
+    step = max(1, int(max(h, w) // max_side))
     small = image_rgb[::step, ::step].reshape(-1, 3).astype(np.float32)
     grey = small.mean(axis=1)
     threshold = np.quantile(grey, BACKGROUND_QUANTILE)
@@ -189,12 +188,14 @@ def classifier_input(crop_rgb: np.ndarray, size: tuple[int, int] = CLASSIFIER_SI
     """Cell crop (any size, RGB uint8) -> classifier tensor (1, H, W, 3) float32.
 
     The background is estimated on the crop itself: the same rule for
-    single-cell datasets and for crops cut from frames. ``stain_norm`` is a
-    property of the model (manifest ``classifier_preprocess``), as is ``size``
-    (only old training checkpoints differ from CLASSIFIER_SIZE).
+    single-cell datasets and for crops cut from frames, from every pixel (a
+    strided sample is a different sample once the crop is turned, which moved
+    probabilities by up to 0.03). ``stain_norm`` is a property of the model
+    (manifest: the classifier's ``preprocess``), as is ``size`` (only old
+    training checkpoints differ from CLASSIFIER_SIZE).
     """
     resized = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA)
-    x = normalise_background(resized)
+    x = normalise_background(resized, estimate_background(resized, max_side=max(size)))
     return (normalise_stain(x) if stain_norm else x)[None]
 
 
