@@ -159,7 +159,7 @@ class Detector:
 # Test-time views of a crop: a cell has no "up", so the dihedral group of the
 # square is free extra evidence. Ordered so that every prefix of length 1, 2, 4
 # and 8 is a group (identity; + 180 degrees; + both mirrors; + the 90 degree turns).
-_VIEWS = (
+VIEWS = (
     lambda x: x,
     lambda x: x[:, ::-1, ::-1],
     lambda x: x[:, :, ::-1],
@@ -195,7 +195,7 @@ class Classifier:
     def __call__(self, crop_rgb: np.ndarray) -> Classification:
         x = preprocess.classifier_input(crop_rgb, stain_norm=self.stain_norm)
         total, attention = None, None
-        for view in _VIEWS[:self.views]:
+        for view in VIEWS[:self.views]:
             probs, att = self.backend.infer(np.ascontiguousarray(view(x)))
             p = np.clip(probs[0].astype(np.float32), 0, None)
             p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))

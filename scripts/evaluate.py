@@ -131,7 +131,7 @@ class TorchClassifier:
 
     def probs(self, crops: list[np.ndarray], views: int = 1) -> np.ndarray:
         """Mean softmax over the first ``views`` dihedral views, as the runtime Classifier does."""
-        from edge_app.inference import _VIEWS
+        from edge_app.inference import VIEWS
 
         norm = preprocess.normalise_background
         if not self.bg_norm:
@@ -142,7 +142,7 @@ class TorchClassifier:
             preprocess.normalise_background = norm
         total = 0.0
         with self.torch.no_grad():
-            for view in _VIEWS[:views]:
+            for view in VIEWS[:views]:
                 xv = np.ascontiguousarray(view(x))
                 total = total + np.concatenate([self.model(self.torch.from_numpy(xv[i:i + 256]))[0].numpy()
                                                 for i in range(0, len(xv), 256)])
@@ -349,9 +349,11 @@ def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
     return res
 
 
-def eval_checkpoint(ckpt: Path, src: str, splits, views: int = 1) -> dict:
+def eval_checkpoint(clf: TorchClassifier, src: str, splits, views: int) -> tuple[dict, dict]:
+    """Metrics of a training checkpoint on one source: the crop as seen, and with ``views`` views."""
     crops, truth = all_source_crops(src, splits)
-    return classification_metrics(truth, TorchClassifier(ckpt).probs(crops, views))
+    return (classification_metrics(truth, clf.probs(crops, 1)),
+            classification_metrics(truth, clf.probs(crops, views)))
 
 
 # ------------------------------------------------------------------ report
@@ -520,8 +522,7 @@ def main(argv=None) -> int:
         r["loso"] = []
         for spec in args.loso:
             ckpt, src = spec.rsplit(":", 1)
-            m = eval_checkpoint(Path(ckpt), src, ("train", "val", "test"))
-            t = eval_checkpoint(Path(ckpt), src, ("train", "val", "test"), manifest.tta_views)
+            m, t = eval_checkpoint(TorchClassifier(Path(ckpt)), src, ("train", "val", "test"), manifest.tta_views)
             r["loso"].append({"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
                               "f1": m["macro_f1_five"], "views": manifest.tta_views,
                               "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"]})
@@ -530,11 +531,10 @@ def main(argv=None) -> int:
         for ck in sorted(ck for d in args.levers for ck in d.glob("*/classifier.pt")):
             src = ck.parent.name.split("_")[1]
             splits = ("val", "test") if src == "chula" else ("train", "val", "test")  # ssl saw chula train slides
-            m = eval_checkpoint(ck, src, splits)
-            mt = eval_checkpoint(ck, src, splits, manifest.tta_views)
-            tec = eval_checkpoint(ck, "tecom", ("test",))
-            tect = eval_checkpoint(ck, "tecom", ("test",), manifest.tta_views)
-            size = TorchClassifier(ck).size[0]
+            clf = TorchClassifier(ck)
+            m, mt = eval_checkpoint(clf, src, splits, manifest.tta_views)
+            tec, tect = eval_checkpoint(clf, "tecom", ("test",), manifest.tta_views)
+            size = clf.size[0]
             r["levers"].append({"run": f"{ck.parent.parent.name}/{ck.parent.name}", "crop": size, "source": src,
                                 "splits": "+".join(splits), "n": m["n_five"], "acc": m["five_class_accuracy"],
                                 "f1": m["macro_f1_five"], "tecom": tec["five_class_accuracy"],
