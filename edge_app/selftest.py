@@ -228,8 +228,7 @@ def check_reference(manifest: Manifest, classifier: Classifier, detector_backend
         return Check("reference", False, f"{ref_dir / REFERENCE_FILE} lists no reference crops or frames "
                      "(reinstall the model folder)")
     agree, worst = 0, 0.0
-    detector = Detector(detector_backend, int(manifest.entry("detector")["stride"]),
-                        threshold=float(ref.get("detect_threshold", 0.35)))
+    detector = Detector.for_manifest(detector_backend, manifest, float(ref.get("detect_threshold", 0.35)))
     damaged = [item["file"] for item in crops + frames
                if item.get("sha256") and _sha_or_none(ref_dir / item["file"]) != item["sha256"]]
     if damaged:

@@ -104,11 +104,13 @@ def eval_tta_val(manifest: Manifest) -> dict:
 def detector_runners(manifest: Manifest) -> dict:
     from edge_app.backends.tflite import TFLiteBackend
 
-    shapes, stride = manifest.output_shapes("detector"), manifest.entry("detector")["stride"]
+    shapes = manifest.output_shapes("detector")
     return {
-        "tflite_fp32": Detector(TFLiteBackend(manifest.file("detector", "tflite_fp32"), shapes), stride, 0.05),
-        "tflite_int8": Detector(TFLiteBackend(manifest.file("detector", "tflite_int8"), shapes), stride, 0.05),
-        "onnx_qdq": Detector(OnnxNet(manifest.file("detector", "onnx_qdq")), stride, 0.05),
+        "tflite_fp32": Detector.for_manifest(TFLiteBackend(manifest.file("detector", "tflite_fp32"), shapes), manifest,
+                                             0.05),
+        "tflite_int8": Detector.for_manifest(TFLiteBackend(manifest.file("detector", "tflite_int8"), shapes), manifest,
+                                             0.05),
+        "onnx_qdq": Detector.for_manifest(OnnxNet(manifest.file("detector", "onnx_qdq")), manifest, 0.05),
     }
 
 

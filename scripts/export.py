@@ -212,6 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=8,
                     help="classifier test-time views recorded in the manifest (chosen on the val splits: "
                          "see the TTA table of models/EVALUATION.md)")
+    ap.add_argument("--no-detector-flip", action="store_true",
+                    help="do not record tta_flip (the detector's mirrored second pass, chosen on the val frames)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
@@ -241,6 +243,7 @@ def main(argv=None) -> int:
             "val": state["val"],
         }
     entries["detector"]["stride"] = Detector.STRIDE
+    entries["detector"]["tta_flip"] = not args.no_detector_flip
     entries["classifier"]["attention_stride"] = 16
     entries["classifier"]["tta_views"] = args.tta_views
     entries["classifier"]["preprocess"] = {"stain_norm": stain_norm, "stain_od_target": preprocess.STAIN_OD_TARGET,
@@ -254,7 +257,8 @@ def main(argv=None) -> int:
         "classes": list(CLASSES),
         "normalisation": "in-graph: x/127.5 - 1 on RGB pixels; before the graph: edge_app.preprocess "
                          f"(background-referenced white balance, letterbox {w}x{h} / square crop {c}x{c}; "
-                         f"the classifier averages tta_views rotations/mirrors of each crop)",
+                         "the classifier averages tta_views rotations/mirrors of each crop, the detector its frame "
+                         "and the frame mirrored when tta_flip)",
         "crop_margin": preprocess.CROP_MARGIN,
         "onnx_opset": OPSET,
         "training_data": "../shared/datasets train splits (scripts/splits.py): pbc (CC BY 4.0), raabin, chula (MIT),"

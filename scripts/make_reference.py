@@ -123,8 +123,7 @@ def pick_frames(detector: Detector, bccd_dir: Path) -> list[tuple[Path, list]]:
 def make_reference(model_dir: Path, datasets: Path, runtime: str = "onnx") -> dict:
     manifest = Manifest.load(model_dir)
     out = model_dir / REFERENCE_DIR
-    detector = Detector(fp32_backend(manifest, "detector", runtime), int(manifest.entry("detector")["stride"]),
-                        threshold=DETECT_THRESHOLD)
+    detector = Detector.for_manifest(fp32_backend(manifest, "detector", runtime), manifest, DETECT_THRESHOLD)
     classifier = Classifier.for_manifest(fp32_backend(manifest, "classifier", runtime), manifest)
     crops = pick_crops(classifier, datasets / "pbc")
     frames = pick_frames(detector, datasets / "bccd" / "images")

@@ -590,8 +590,7 @@ def write_reference(model_dir: Path, crops, frames) -> None:
 
     manifest = Manifest.load(model_dir)
     classifier = Classifier(OnnxFP32Backend(manifest, "classifier"))
-    detector = Detector(OnnxFP32Backend(manifest, "detector"), int(manifest.entry("detector")["stride"]),
-                        threshold=DETECT_THRESHOLD)
+    detector = Detector.for_manifest(OnnxFP32Backend(manifest, "detector"), manifest, DETECT_THRESHOLD)
     out = model_dir / REFERENCE_DIR
     out.mkdir()
     ref = {"model_version": manifest.version, "detect_threshold": DETECT_THRESHOLD, "classifier": [], "detector": []}
