@@ -143,12 +143,13 @@ class Detector:
     """
 
     def __init__(self, backend: Backend, stride: int, threshold: float = 0.35, nms_iou: float = 0.4,
-                 flip: bool = False):
+                 flip: bool = False, vote: bool = True):
         self.backend = backend
         self.stride = stride
         self.threshold = threshold
         self.nms_iou = nms_iou
         self.flip = flip
+        self.vote = vote
 
     @classmethod
     def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
@@ -172,7 +173,7 @@ class Detector:
     def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None) -> list[Detection]:
         x, lb = preprocess.detector_input(frame_rgb, background)
         heat, ltrb = self.raw(x)
-        boxes, scores = decode_detections(heat, ltrb, self.stride, self.threshold, self.nms_iou)
+        boxes, scores = decode_detections(heat, ltrb, self.stride, self.threshold, self.nms_iou, self.vote)
         if not len(boxes):
             return []
         boxes = lb.to_frame(boxes)
@@ -232,12 +233,13 @@ class Classifier:
 
 
 def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
-                      nms_iou: float) -> tuple[np.ndarray, np.ndarray]:
+                      nms_iou: float, vote: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of the (H, W) heatmap above threshold -> boxes in network pixels.
 
-    Each peak's box is the heat-weighted mean of the boxes regressed at the
-    peak and its 8 neighbours: training regresses a box at every cell near a
-    cell's centre, so the neighbours are extra votes (val AP50 +1.0 on TXL-PBC).
+    With ``vote`` each peak's box is the heat-weighted mean of the boxes
+    regressed at the peak and its 8 neighbours: training regresses a box at
+    every cell near a cell's centre, so the neighbours are extra votes (val
+    AP50 on TXL-PBC +1.0, models/EVALUATION.md); without it, the peak's own box.
     """
     h, w = heat.shape
     padded = np.pad(heat, 1, constant_values=-1.0)
@@ -254,6 +256,8 @@ def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold
     cell_boxes = np.pad(np.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1),
                         ((1, 1), (1, 1), (0, 0)))
     weights = np.pad(np.clip(heat, 0, None), 1)  # outside the grid: weight 0
+    if not vote:  # only the peak cell itself
+        weights = np.pad((heat >= neigh) & (heat >= threshold), 1).astype(np.float32)
     acc = np.zeros((len(ys), 4), np.float32)
     wsum = np.zeros((len(ys), 1), np.float32)
     for dy in range(3):

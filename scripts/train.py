@@ -376,7 +376,7 @@ def disable_background_normalisation() -> None:
 
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
-    "classifier": dict(width=0.5, epochs=18, epoch_size=12800, batch=64, lr=3e-3),
+    "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3),
 }
 

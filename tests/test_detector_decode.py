@@ -97,3 +97,12 @@ def test_manifest_switches_the_mirrored_pass():
     bundle.detector.backend = real
     bundle.close()
     assert len(calls) == (2 if bundle.detector.flip else 1)
+
+
+def test_without_vote_the_peak_box_stands_alone():
+    heat, ltrb = _grid()
+    heat[2, 3], heat[2, 4] = 0.8, 0.4
+    ltrb[2, 3] = (1.0, 1.0, 1.0, 1.0)
+    ltrb[2, 4] = (3.0, 1.0, 0.0, 1.0)
+    boxes, _ = decode_detections(heat, ltrb, STRIDE, 0.3, 0.4, vote=False)
+    assert np.allclose(boxes, [np.array([2.5, 1.5, 4.5, 3.5]) * STRIDE])
