@@ -101,6 +101,13 @@ def eval_tta_val(manifest: Manifest) -> dict:
     return res
 
 
+def detect_arrays(det: Detector, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A detector's findings on one frame as (N, 4) boxes and (N,) scores."""
+    found = det(frame)
+    return (np.array([f.box for f in found], np.float32).reshape(-1, 4),
+            np.array([f.score for f in found], np.float32))
+
+
 def eval_decode_val(manifest: Manifest) -> dict:
     """INT8 detector AP50 on the *val* frames with and without box voting and the mirrored pass:
     how the decoding and the manifest's ``tta_flip`` were chosen."""
@@ -112,11 +119,7 @@ def eval_decode_val(manifest: Manifest) -> dict:
             det.vote, det.flip, row = vote, flip, {}
             for src in ("bccd", "chula", "txl_pbc"):
                 ix = np.nonzero((d["sources"] == src) & (d["splits"] == "val"))[0]
-                dets = []
-                for i in ix:
-                    found = det(d["frames"][i])
-                    dets.append((np.array([f.box for f in found], np.float32).reshape(-1, 4),
-                                 np.array([f.score for f in found], np.float32)))
+                dets = [detect_arrays(det, d["frames"][i]) for i in ix]
                 row[src] = average_precision(dets, [d["boxes"][i].reshape(-1, 4) for i in ix])["ap50"]
             row["mean"] = float(np.mean(list(row.values())))
             res[f"vote={int(vote)} flip={int(flip)}"] = row
@@ -335,9 +338,7 @@ def eval_detectors(runners, sets, threshold: float) -> dict:
         for src, items in sets.items():
             dets, gts, hit, tot, nfp = [], [], 0, 0, 0
             for frame, gt in items:
-                found = det(frame)
-                boxes = np.array([f.box for f in found], np.float32).reshape(-1, 4)
-                scores = np.array([f.score for f in found], np.float32)
+                boxes, scores = detect_arrays(det, frame)
                 dets.append((boxes, scores))
                 gts.append(gt)
                 keep = scores >= threshold
