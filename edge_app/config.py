@@ -35,6 +35,9 @@ class ModelConfig(_Strict):
     # Rotations/mirrors averaged per crop (1, 2, 4 or 8); None = the value the
     # model was validated with (manifest). Fewer views = less CPU per cell.
     tta_views: Optional[Literal[1, 2, 4, 8]] = None
+    # Also run the detector on the mirrored frame and average (None = the
+    # manifest's tta_flip). false halves the detector's cost per frame.
+    detector_flip: Optional[bool] = None
 
 
 class InferenceConfig(_Strict):

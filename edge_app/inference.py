@@ -295,13 +295,13 @@ class ModelBundle:
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
                  threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
-                 tta_views: int | None = None):
+                 tta_views: int | None = None, detector_flip: bool | None = None):
         self.manifest = Manifest.load(model_dir)
         self.backend_name = resolve_backend_name(backend)
         self.precision = precision
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
-        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold)
+        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip)
         self.classifier = Classifier.for_manifest(cls_backend, self.manifest, tta_views)
 
     @classmethod
@@ -309,7 +309,8 @@ class ModelBundle:
         """The bundle an ``AppConfig`` asks for (every verb builds it this way)."""
         return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
                    threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
-                   engine_dir=cfg.inference.engine_dir, tta_views=cfg.model.tta_views)
+                   engine_dir=cfg.inference.engine_dir, tta_views=cfg.model.tta_views,
+                   detector_flip=cfg.model.detector_flip)
 
     @property
     def version(self) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge_app import preprocess
+from edge_app.config import ConfigError, load_config
 from edge_app.inference import Detector, Manifest, ModelBundle, create_backend, decode_detections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +107,14 @@ def test_without_vote_the_peak_box_stands_alone():
     ltrb[2, 4] = (3.0, 1.0, 0.0, 1.0)
     boxes, _ = decode_detections(heat, ltrb, STRIDE, 0.3, 0.4, vote=False)
     assert np.allclose(boxes, [np.array([2.5, 1.5, 4.5, 3.5]) * STRIDE])
+
+
+def test_config_overrides_the_mirrored_pass(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\ndetector_flip = false\n")
+    bundle = ModelBundle.from_config(load_config(cfg))
+    assert bundle.detector.flip is False
+    bundle.close()
+    cfg.write_text("[model]\ndetector_flip = \"sometimes\"\n")
+    with pytest.raises(ConfigError, match="detector_flip"):
+        load_config(cfg)
