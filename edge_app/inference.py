@@ -255,17 +255,18 @@ def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold
     d = ltrb.astype(np.float32) * stride
     cell_boxes = np.pad(np.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1),
                         ((1, 1), (1, 1), (0, 0)))
-    weights = np.pad(np.clip(heat, 0, None), 1)  # outside the grid: weight 0
-    if not vote:  # only the peak cell itself
-        weights = np.pad((heat >= neigh) & (heat >= threshold), 1).astype(np.float32)
-    acc = np.zeros((len(ys), 4), np.float32)
-    wsum = np.zeros((len(ys), 1), np.float32)
-    for dy in range(3):
-        for dx in range(3):
-            wt = weights[ys + dy, xs + dx][:, None]
-            acc += wt * cell_boxes[ys + dy, xs + dx]
-            wsum += wt
-    boxes = (acc / np.maximum(wsum, 1e-6)).astype(np.float32)
+    if vote:
+        weights = np.pad(np.clip(heat, 0, None), 1)  # outside the grid: weight 0
+        acc = np.zeros((len(ys), 4), np.float32)
+        wsum = np.zeros((len(ys), 1), np.float32)
+        for dy in range(3):
+            for dx in range(3):
+                wt = weights[ys + dy, xs + dx][:, None]
+                acc += wt * cell_boxes[ys + dy, xs + dx]
+                wsum += wt
+        boxes = (acc / np.maximum(wsum, 1e-6)).astype(np.float32)
+    else:  # the peak cell's own box (+1: cell_boxes is padded)
+        boxes = cell_boxes[ys + 1, xs + 1].astype(np.float32)
     keep = nms(boxes, scores, nms_iou)
     return boxes[keep], scores[keep].astype(np.float32)
 
