@@ -65,9 +65,14 @@ def make_optimiser(model, args):
 
 # -------------------------------------------------------------------- classifier
 class CropSet(Dataset):
-    def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False):
+    """Labelled crops; in training each is turned, zoomed by ``scale`` and
+    shifted by up to ``shift`` of its side (how far a detector's box strays
+    from the annotated one), then photometrically augmented."""
+
+    def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
+                 scale=(0.85, 1.2), shift: float = 0.06):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
-        self.stain_norm = stain_norm
+        self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
 
     def __len__(self):
         return len(self.images)
@@ -76,7 +81,7 @@ class CropSet(Dataset):
         img = self.images[i]
         if self.train:
             rng = _worker_rng(self.seed, i)
-            img = augment.crop_geometry(img, rng)
+            img = augment.crop_geometry(img, rng, self.scale, self.shift)
             img = augment.photometric(img, rng, self.strength)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i])
@@ -143,7 +148,8 @@ def train_classifier(args, device) -> dict:
     tr = (splits == "train") & (labels >= 0) & allowed
     logger.info("classifier train crops: %s", {s: int((tr & (sources == s)).sum()) for s in SOURCE_SHARE})
     weights = classifier_weights(sources[tr], strata_of(sources[tr], labels[tr], d["keys"][tr]))
-    train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm)
+    train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
+                        args.crop_scale, args.crop_shift)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
@@ -376,7 +382,8 @@ def disable_background_normalisation() -> None:
 
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
-    "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3),
+    "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3, crop_scale=(0.85, 1.2),
+                       crop_shift=0.06),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3),
 }
 
@@ -401,13 +408,17 @@ def main(argv=None) -> int:
                     help="ablation only: skip the background white-balance (the shipped runtime always applies it)")
     ap.add_argument("--stain-norm", action="store_true",
                     help="classifier: reference each crop's stain density (edge_app.preprocess.normalise_stain)")
+    ap.add_argument("--crop-scale", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="classifier: random zoom range of the training crops")
+    ap.add_argument("--crop-shift", type=float,
+                    help="classifier: random shift of the training crops, as a fraction of their side")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     for k, v in DEFAULTS[args.task].items():
-        if getattr(args, k) is None:
+        if getattr(args, k, None) is None:
             setattr(args, k, v)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
