@@ -386,7 +386,7 @@ def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
 
 
 def eval_end_to_end_val(det, clf, threshold: float) -> dict:
-    """INT8 end to end on the *val* frames of both labelled frame cameras: how crop jitter was chosen."""
+    """INT8 end to end on the *val* frames of both labelled frame cameras (judges crop-augmentation changes)."""
     res = {src: end_to_end(det, clf, e2e_items(src, "val"), threshold) for src in ("chula", "bccd")}
     logger.info("end-to-end on val: %s", {k: (v["detected_and_typed"], v["cells"]) for k, v in res.items()})
     return res
@@ -519,7 +519,7 @@ def write_report(r: dict, out: Path) -> None:
         L.append(f"| {name} | {m['frames']} | {m['cells']} | {m['detected']} | {m['detected_and_typed']}"
                  f" | {fmt(m['accuracy'])} |")
     if r.get("end_to_end_val"):
-        L += ["", "### End to end on val frames (INT8; how the classifier's crop jitter was chosen)", "",
+        L += ["", "### End to end on val frames (INT8; what the crop-jitter trial in MODEL_CARD.md was judged by)", "",
               "| camera (val split) | frames | cells | detected | detected and typed | accuracy |",
               "|---|---|---|---|---|---|"]
         for src, m in r["end_to_end_val"].items():
