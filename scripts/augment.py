@@ -80,7 +80,13 @@ def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0
     return sensor(img, rng)
 
 
-def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=(0.85, 1.2), shift: float = 0.06) -> np.ndarray:
+# Zoom range and shift (fraction of the side) of a training crop: about how far
+# a detector's box strays from the annotated one (MODEL_CARD.md).
+CROP_SCALE = (0.85, 1.2)
+CROP_SHIFT = 0.06
+
+
+def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, shift: float = CROP_SHIFT) -> np.ndarray:
     """Rotation by any angle (cells have no 'up'), flips, zoom, small shifts."""
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(0, 360), rng.uniform(*scale))

@@ -70,7 +70,7 @@ class CropSet(Dataset):
     from the annotated one), then photometrically augmented."""
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
-                 scale=(0.85, 1.2), shift: float = 0.06):
+                 scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
         self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
 
@@ -382,8 +382,8 @@ def disable_background_normalisation() -> None:
 
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
-    "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3, crop_scale=(0.85, 1.2),
-                       crop_shift=0.06),
+    "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3,
+                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3),
 }
 
