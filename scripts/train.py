@@ -211,7 +211,9 @@ def train_classifier(args, device) -> dict:
 
 
 # -------------------------------------------------------------------- detector
-def _random_frame_geometry(img, boxes, rng):
+def _random_frame_geometry(img, boxes, rng, keep_visible: float = 0.4):
+    """Random flips, quarter turn and zoom window; a cell cut by the window stays a
+    target while at least ``keep_visible`` of its box is inside."""
     h, w = img.shape[:2]
     if rng.random() < 0.5:
         img, boxes = img[:, ::-1], np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
@@ -232,7 +234,7 @@ def _random_frame_geometry(img, boxes, rng):
     clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, ch)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    keep = keep_area > 0.4 * np.maximum(area, 1)  # mostly-outside cells are not targets
+    keep = keep_area > keep_visible * np.maximum(area, 1)  # mostly-outside cells are not targets
     return np.ascontiguousarray(img), clipped[keep]
 
 
@@ -262,8 +264,9 @@ def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
 
 
 class FrameSet(Dataset):
-    def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0):
+    def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0, keep_visible: float = 0.4):
         self.frames, self.boxes, self.train, self.seed, self.strength = frames, boxes, train, seed, strength
+        self.keep_visible = keep_visible
         w, h = preprocess.DETECTOR_SIZE
         self.grid = (h // Detector.STRIDE, w // Detector.STRIDE)
 
@@ -274,7 +277,7 @@ class FrameSet(Dataset):
         img, boxes = self.frames[i], self.boxes[i].astype(np.float32).reshape(-1, 4)
         if self.train:
             rng = _worker_rng(self.seed, i)
-            img, boxes = _random_frame_geometry(img, boxes, rng)
+            img, boxes = _random_frame_geometry(img, boxes, rng, self.keep_visible)
             img = augment.photometric(img, rng, self.strength)
         x, lb = preprocess.detector_input(img)
         b = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
@@ -339,7 +342,7 @@ def train_detector(args, device) -> dict:
         if m.any():
             w[m] = share / m.sum()
     idx = np.nonzero(tr)[0]
-    train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug)
+    train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug, args.keep_visible)
     sampler = WeightedRandomSampler(torch.from_numpy(w[idx]), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers, drop_last=True,
@@ -384,7 +387,7 @@ DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT),
-    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3),
+    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, keep_visible=0.4),
 }
 
 
@@ -412,6 +415,8 @@ def main(argv=None) -> int:
                     help="classifier: random zoom range of the training crops")
     ap.add_argument("--crop-shift", type=float,
                     help="classifier: random shift of the training crops, as a fraction of their side")
+    ap.add_argument("--keep-visible", type=float,
+                    help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
