@@ -41,6 +41,7 @@ logger = logging.getLogger("train")
 # Share of each labelled source in a classifier epoch (classes balanced inside a source).
 SOURCE_SHARE = {"pbc": 0.45, "raabin": 0.30, "chula": 0.125, "bccd": 0.125}
 DET_SOURCE_SHARE = {"bccd": 0.3, "chula": 0.3, "txl_pbc": 0.4}
+KEEP_VISIBLE = 0.4  # a cell cut by the zoom window stays a detector target while this share of its box is inside
 
 
 def seed_everything(seed: int) -> None:
@@ -211,7 +212,7 @@ def train_classifier(args, device) -> dict:
 
 
 # -------------------------------------------------------------------- detector
-def _random_frame_geometry(img, boxes, rng, keep_visible: float = 0.4):
+def _random_frame_geometry(img, boxes, rng, keep_visible: float = KEEP_VISIBLE):
     """Random flips, quarter turn and zoom window; a cell cut by the window stays a
     target while at least ``keep_visible`` of its box is inside."""
     h, w = img.shape[:2]
@@ -264,7 +265,8 @@ def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
 
 
 class FrameSet(Dataset):
-    def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0, keep_visible: float = 0.4):
+    def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0,
+                 keep_visible: float = KEEP_VISIBLE):
         self.frames, self.boxes, self.train, self.seed, self.strength = frames, boxes, train, seed, strength
         self.keep_visible = keep_visible
         w, h = preprocess.DETECTOR_SIZE
@@ -387,7 +389,7 @@ DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT),
-    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, keep_visible=0.4),
+    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, keep_visible=KEEP_VISIBLE),
 }
 
 
