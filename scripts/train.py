@@ -15,6 +15,7 @@ Uses a CUDA GPU when present (``--device``), otherwise the CPU.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -62,6 +63,34 @@ def make_optimiser(model, args):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     steps = args.epochs * (args.epoch_size // args.batch)
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+
+
+class WeightAverage:
+    """Exponential moving average of the weights and batch-norm statistics.
+
+    The averaged copy is what gets scored on val and saved: it smooths the
+    epoch-to-epoch wobble of a small network on a few thousand crops, costs one
+    lerp per step, and exports like any checkpoint (same state_dict keys)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        live = model.state_dict()
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.lerp_(live[k].detach(), 1.0 - self.decay)
+            else:  # e.g. num_batches_tracked
+                v.copy_(live[k])
+
+
+def averaged(model, args):
+    """The model to score and save: its EMA copy when ``--ema`` is set."""
+    return WeightAverage(model, args.ema) if args.ema else None
 
 
 # -------------------------------------------------------------------- classifier
@@ -133,6 +162,7 @@ def strata_of(sources, labels, keys) -> np.ndarray:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(model, loader, device) -> np.ndarray:
     model.eval()
     out = []
@@ -174,6 +204,7 @@ def train_classifier(args, device) -> dict:
                                        drop_last=True, generator=torch.Generator().manual_seed(args.seed)))
     model = Classifier(width=args.width).to(device)
     opt, sched = make_optimiser(model, args)
+    ema = averaged(model, args)
     best, history = -1.0, []
     for epoch in range(args.epochs):
         model.train()
@@ -193,9 +224,12 @@ def train_classifier(args, device) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            if ema:
+                ema.update(model)
             total += float(loss.detach()) * len(y)
             n += len(y)
-        hits = {src: (predict(model, ld, device).argmax(1) == y) for src, (ld, y) in val_loaders.items()}
+        scored = ema.model if ema else model
+        hits = {src: (predict(scored, ld, device).argmax(1) == y) for src, (ld, y) in val_loaders.items()}
         val = {src: float(h.mean()) for src, h in hits.items()}
         # Pooled over every val crop: a 15-crop source must not outvote 1,700.
         score = float(np.concatenate(list(hits.values())).mean()) if hits else -float(total / n)
@@ -204,7 +238,7 @@ def train_classifier(args, device) -> dict:
                     {k: round(v, 3) for k, v in val.items()}, time.time() - t0)
         if score >= best:
             best = score
-            torch.save({"state_dict": model.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
+            torch.save({"state_dict": scored.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
                         "bg_norm": not args.no_bg_norm, "input_size": list(preprocess.CLASSIFIER_SIZE),
                         "stain_norm": args.stain_norm},
                        Path(args.out) / "classifier.pt")
@@ -352,6 +386,7 @@ def train_detector(args, device) -> dict:
     val = {src: np.nonzero((splits == "val") & (sources == src))[0] for src in DET_SOURCE_SHARE}
     model = Detector(width=args.width).to(device)
     opt, sched = make_optimiser(model, args)
+    ema = averaged(model, args)
     best, history = -1.0, []
     for epoch in range(args.epochs):
         model.train()
@@ -365,9 +400,12 @@ def train_detector(args, device) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            if ema:
+                ema.update(model)
             total += float(loss.detach()) * len(x)
             n += len(x)
-        rec = {src: detector_val_ap(model, d["frames"][ix], d["boxes"][ix], device) for src, ix in val.items()
+        scored = ema.model if ema else model
+        rec = {src: detector_val_ap(scored, d["frames"][ix], d["boxes"][ix], device) for src, ix in val.items()
                if len(ix) and src != args.exclude_source}
         score = float(np.mean(list(rec.values())))  # each camera counts the same
         history.append({"epoch": epoch + 1, "loss": total / n, "val_ap50": rec, "seconds": time.time() - t0})
@@ -375,7 +413,7 @@ def train_detector(args, device) -> dict:
                     {k: round(v, 3) for k, v in rec.items()}, time.time() - t0)
         if score >= best:
             best = score
-            torch.save({"state_dict": model.state_dict(), "width": args.width, "epoch": epoch + 1, "val": rec},
+            torch.save({"state_dict": scored.state_dict(), "width": args.width, "epoch": epoch + 1, "val": rec},
                        Path(args.out) / "detector.pt")
     return {"best_val_mean": best, "history": history}
 
@@ -404,6 +442,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="score and save an exponential moving average of the weights with this decay (0 = off)")
     ap.add_argument("--aug", type=float, default=1.0, help="photometric augmentation strength (0 = off)")
     ap.add_argument("--exclude-source", default=None, help="leave this source out of training (LOSO)")
     ap.add_argument("--ssl", default=None, help="comma-separated sources whose train crops are used unlabelled")
