@@ -89,8 +89,18 @@ class WeightAverage:
 
 
 def averaged(model, args):
-    """The model to score and save: its EMA copy when ``--ema`` is set."""
+    """The weight average to score and save when ``--ema`` is set, else None."""
     return WeightAverage(model, args.ema) if args.ema else None
+
+
+def take_step(model, opt, sched, ema: WeightAverage | None, loss) -> None:
+    """One optimiser and LR-schedule step, then the weight average's."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if ema:
+        ema.update(model)
 
 
 # -------------------------------------------------------------------- classifier
@@ -220,12 +230,7 @@ def train_classifier(args, device) -> dict:
                 mask = (conf >= args.ssl_threshold).float()
                 ul = F.cross_entropy(model(to_network_input(xs))[0], pseudo, reduction="none")
                 loss = loss + args.ssl_weight * (ul * mask).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(model)
+            take_step(model, opt, sched, ema, loss)
             total += float(loss.detach()) * len(y)
             n += len(y)
         scored = ema.model if ema else model
@@ -396,12 +401,7 @@ def train_detector(args, device) -> dict:
             x, heat, ltrb, mask = (t.to(device, non_blocking=True) for t in (x, heat, ltrb, mask))
             ph, pb = model(to_network_input(x))
             loss = focal_heat_loss(ph[:, 0], heat) + 2.0 * box_loss(pb, ltrb, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(model)
+            take_step(model, opt, sched, ema, loss)
             total += float(loss.detach()) * len(x)
             n += len(x)
         scored = ema.model if ema else model
