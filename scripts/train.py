@@ -425,9 +425,9 @@ def disable_background_normalisation() -> None:
 
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
-    "classifier": dict(width=0.5, epochs=34, epoch_size=12800, batch=64, lr=3e-3,
+    "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT),
-    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, keep_visible=KEEP_VISIBLE),
+    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
 
@@ -442,7 +442,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--wd", type=float, default=5e-4)
-    ap.add_argument("--ema", type=float, default=0.0,
+    ap.add_argument("--ema", type=float,
                     help="score and save an exponential moving average of the weights with this decay (0 = off)")
     ap.add_argument("--aug", type=float, default=1.0, help="photometric augmentation strength (0 = off)")
     ap.add_argument("--exclude-source", default=None, help="leave this source out of training (LOSO)")
