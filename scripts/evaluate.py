@@ -161,8 +161,6 @@ class TorchClassifier:
 
     def probs(self, crops: list[np.ndarray], views: int = 1) -> np.ndarray:
         """Mean softmax over the first ``views`` dihedral views, as the runtime Classifier does."""
-        from edge_app.inference import VIEWS
-
         norm = preprocess.normalise_background
         if not self.bg_norm:
             preprocess.normalise_background = lambda img, background=None: img.astype(np.float32)
@@ -170,6 +168,12 @@ class TorchClassifier:
             x = np.concatenate([preprocess.classifier_input(c, self.size, self.stain_norm) for c in crops])
         finally:
             preprocess.normalise_background = norm
+        return self.run_views(x, views)
+
+    def run_views(self, x: np.ndarray, views: int) -> np.ndarray:
+        """Mean softmax over the first ``views`` dihedral views of a preprocessed (N, H, W, 3) batch."""
+        from edge_app.inference import VIEWS
+
         total = 0.0
         with self.torch.no_grad():
             for view in VIEWS[:views]:

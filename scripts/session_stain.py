@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
-from edge_app.inference import VIEWS  # noqa: E402
 from scripts import data  # noqa: E402
 from scripts.evaluate import TorchClassifier, all_source_crops, classification_metrics  # noqa: E402
 
@@ -53,16 +52,6 @@ def with_gain(x: np.ndarray, gain: float) -> np.ndarray:
 
 def inputs(clf: TorchClassifier, crops) -> list[np.ndarray]:
     return [preprocess.classifier_input(c, clf.size)[0] for c in crops]
-
-
-def probs(clf: TorchClassifier, xs: list[np.ndarray], views: int) -> np.ndarray:
-    x, total = np.stack(xs), 0.0
-    with clf.torch.no_grad():
-        for view in VIEWS[:views]:
-            xv = np.ascontiguousarray(view(x))
-            total = total + np.concatenate([clf.model(clf.torch.from_numpy(xv[i:i + 256]))[0].numpy()
-                                            for i in range(0, len(xv), 256)])
-    return total / views
 
 
 def reference_od(clf: TorchClassifier, left_out: str) -> float:
@@ -94,7 +83,8 @@ def main(argv=None) -> int:
         session = float(np.median([crop_od99(x) for x in xs]))
         gain = ref / session
         variants = (xs, [with_gain(x, gain) for x in xs], [with_gain(x, np.sqrt(gain)) for x in xs])
-        accs = [classification_metrics(truth, probs(clf, v, args.views))["five_class_accuracy"] for v in variants]
+        accs = [classification_metrics(truth, clf.run_views(np.stack(v), args.views))["five_class_accuracy"]
+                for v in variants]
         print(f"| {src} | {int((truth < 5).sum())} | {session:.2f} | {gain:.2f} | "
               + " | ".join(f"{a:.3f}" for a in accs) + " |", flush=True)
     return 0
