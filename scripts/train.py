@@ -172,7 +172,6 @@ def strata_of(sources, labels, keys) -> np.ndarray:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict(model, loader, device) -> np.ndarray:
     model.eval()
     out = []
