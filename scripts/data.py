@@ -205,25 +205,26 @@ def load(name: str) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def pack(dst: Path, size: int, splits=("train", "val")) -> None:
-    """JPEG-compressed copy of the classifier cache, small enough to send to a
-    GPU machine (the device tool carries at most 64 MiB)."""
+def pack(dst: Path, pbc_quality: int = 75, other_quality: int = 85, splits=("train", "val")) -> None:
+    """WebP-compressed copy of the classifier cache's train and val crops, small
+    enough to send to a GPU machine (the device tool carries at most 64 MiB with
+    the repository). PBC, the biggest and most uniform source, is squeezed
+    harder; the small camera-variety sources keep more detail. Training already
+    augments with JPEG artefacts, so the loss is inside what the model sees."""
     d = load("cls")
     keep = np.isin(d["splits"], splits)
-    # PBC is the biggest and easiest source: a seeded 55% of it is plenty here.
-    keep &= ~((d["sources"] == "pbc") & (np.random.default_rng(0).random(len(keep)) > 0.55))
     blobs = np.empty(int(keep.sum()), dtype=object)
-    for j, img in enumerate(d["images"][keep]):
-        small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        blobs[j] = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
+    for j, (img, src) in enumerate(zip(d["images"][keep], d["sources"][keep])):
+        q = pbc_quality if src == "pbc" else other_quality
+        blobs[j] = cv2.imencode(".webp", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, q])[1]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(dst, jpeg=blobs, **{k: d[k][keep] for k in ("labels", "sources", "splits", "keys")})
+    np.savez(dst, blobs=blobs, **{k: d[k][keep] for k in ("labels", "sources", "splits", "keys")})
     logger.info("packed %d crops into %s (%.1f MB)", len(blobs), dst, dst.stat().st_size / 1e6)
 
 
 def unpack(src: Path) -> None:
     with np.load(src, allow_pickle=True) as z:
-        images = np.stack([cv2.cvtColor(cv2.imdecode(b, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in z["jpeg"]])
+        images = np.stack([cv2.cvtColor(cv2.imdecode(b, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in z["blobs"]])
         CACHE.mkdir(exist_ok=True)
         np.savez(CACHE / "cls.npz", images=images, **{k: z[k] for k in ("labels", "sources", "splits", "keys")})
 
@@ -231,13 +232,12 @@ def unpack(src: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("cls", "det"), default=None)
-    ap.add_argument("--pack", type=Path, help="write a JPEG-packed classifier cache here and exit")
-    ap.add_argument("--pack-size", type=int, default=96)
+    ap.add_argument("--pack", type=Path, help="write a WebP-packed classifier cache (train/val) here and exit")
     ap.add_argument("--unpack", type=Path, help="rebuild .cache/cls.npz from a packed file and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pack:
-        pack(args.pack, args.pack_size)
+        pack(args.pack)
         return 0
     if args.unpack:
         unpack(args.unpack)

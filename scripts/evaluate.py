@@ -174,12 +174,12 @@ class TorchClassifier:
         """Mean softmax over the first ``views`` dihedral views of a preprocessed (N, H, W, 3) batch."""
         from edge_app.inference import VIEWS
 
-        total = 0.0
+        total, device = 0.0, next(self.model.parameters()).device  # a GPU when the caller moved the model there
         with self.torch.no_grad():
             for view in VIEWS[:views]:
                 xv = np.ascontiguousarray(view(x))
-                total = total + np.concatenate([self.model(self.torch.from_numpy(xv[i:i + 256]))[0].numpy()
-                                                for i in range(0, len(xv), 256)])
+                batches = (self.torch.from_numpy(xv[i:i + 256]).to(device) for i in range(0, len(xv), 256))
+                total = total + np.concatenate([self.model(b)[0].cpu().numpy() for b in batches])
         return total / views
 
 

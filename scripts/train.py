@@ -124,7 +124,7 @@ class CropSet(Dataset):
             img = augment.crop_geometry(img, rng, self.scale, self.shift)
             img = augment.photometric(img, rng, self.strength)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
-        return torch.from_numpy(x), int(self.labels[i])
+        return torch.from_numpy(x), int(self.labels[i]), i  # the index finds the crop's teacher target
 
 
 class UnlabelledSet(Dataset):
@@ -175,10 +175,34 @@ def strata_of(sources, labels, keys) -> np.ndarray:
 def predict(model, loader, device) -> np.ndarray:
     model.eval()
     out = []
-    for x, _ in loader:
+    for x, *_ in loader:
         logits, _ = model(to_network_input(x.to(device)))
         out.append(torch.softmax(logits, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)))
+
+
+def teacher_targets(path: Path, keys: np.ndarray) -> torch.Tensor:
+    """A teacher's class probabilities for these crops, in their order.
+
+    The file (``scripts.teacher_probs``) holds the teacher's mean softmax over the
+    eight dihedral views of each clean train/val crop, keyed by crop. Offline
+    targets keep the student's run as cheap as plain training on a 2-core CPU;
+    a crop the teacher never saw is an error, not a silent hard label."""
+    with np.load(path) as z:
+        index = {k: j for j, k in enumerate(z["keys"])}
+        probs = z["probs"].astype(np.float32)
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise SystemExit(f"{path}: no teacher target for {len(missing)} training crops (e.g. {missing[0]}); "
+                         "recompute it with python -m scripts.teacher_probs")
+    return torch.from_numpy(probs[[index[k] for k in keys]])
+
+
+def distillation_loss(logits, target_probs, temperature: float):
+    """Hinton et al. (2015): KL to the teacher's distribution softened by T, scaled by T^2."""
+    soft = target_probs.clamp_min(1e-8) ** (1.0 / temperature)
+    soft = soft / soft.sum(1, keepdim=True)
+    return F.kl_div(F.log_softmax(logits / temperature, 1), soft, reduction="batchmean") * temperature ** 2
 
 
 def train_classifier(args, device) -> dict:
@@ -188,6 +212,7 @@ def train_classifier(args, device) -> dict:
     tr = (splits == "train") & (labels >= 0) & allowed
     logger.info("classifier train crops: %s", {s: int((tr & (sources == s)).sum()) for s in SOURCE_SHARE})
     weights = classifier_weights(sources[tr], strata_of(sources[tr], labels[tr], d["keys"][tr]))
+    teacher = teacher_targets(Path(args.teacher), d["keys"][tr]).to(device) if args.teacher else None
     train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
                         args.crop_scale, args.crop_shift)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
@@ -218,10 +243,13 @@ def train_classifier(args, device) -> dict:
     for epoch in range(args.epochs):
         model.train()
         t0, total, n = time.time(), 0.0, 0
-        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet):
+        for x, y, i in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits, _ = model(to_network_input(x))
             loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+            if teacher is not None:
+                kd = distillation_loss(logits, teacher[i.to(device)], args.kd_temp)
+                loss = (1.0 - args.kd_weight) * loss + args.kd_weight * kd
             if unlabelled is not None and epoch >= 2:  # after warm-up the pseudo-labels mean something
                 xw, xs = (t.to(device, non_blocking=True) for t in next(unlabelled))
                 with torch.no_grad():
@@ -448,6 +476,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ssl", default=None, help="comma-separated sources whose train crops are used unlabelled")
     ap.add_argument("--ssl-threshold", type=float, default=0.9)
     ap.add_argument("--ssl-weight", type=float, default=1.0)
+    ap.add_argument("--teacher", default=None,
+                    help="classifier: distil from this teacher-probability file (python -m scripts.teacher_probs)")
+    ap.add_argument("--kd-weight", type=float, default=0.5, help="share of the distillation term in the loss")
+    ap.add_argument("--kd-temp", type=float, default=2.0, help="distillation temperature")
     ap.add_argument("--no-bg-norm", action="store_true",
                     help="ablation only: skip the background white-balance (the shipped runtime always applies it)")
     ap.add_argument("--stain-norm", action="store_true",

@@ -1,0 +1,61 @@
+"""Distillation targets: a teacher checkpoint's class probabilities for every
+train and val crop of the classifier cache.
+
+    python -m scripts.teacher_probs runs/teacher/classifier.pt models/distill/teacher_probs.npz
+
+Each crop's target is the teacher's mean softmax over the eight dihedral views
+of the clean crop (the same test-time views the runtime uses), so the student
+learns the teacher's view-averaged opinion. Test splits are never read: a
+target for a test crop would leak the teacher's knowledge of it into training.
+The file is small (float16, compressed) and is what makes the distilled
+student's run reproducible on a 2-core CPU without the GPU that trained the
+teacher (``scripts/train.py --teacher``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import data  # noqa: E402
+from scripts.evaluate import TorchClassifier  # noqa: E402
+
+logger = logging.getLogger("teacher_probs")
+
+
+def teacher_probs(ckpt: Path, views: int = 8, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    d = data.load("cls")
+    keep = np.isin(d["splits"], ("train", "val"))
+    clf = TorchClassifier(ckpt)
+    if clf.torch.cuda.is_available():
+        clf.model.cuda()
+    images, out = d["images"][keep], []
+    for i in range(0, len(images), chunk):
+        out.append(clf.probs(list(images[i:i + chunk]), views))
+        logger.info("%d / %d crops", min(i + chunk, len(images)), len(images))
+    return d["keys"][keep], np.concatenate(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--views", type=int, default=8)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    keys, probs = teacher_probs(args.checkpoint, args.views)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, keys=keys, probs=probs.astype(np.float16))
+    logger.info("wrote %s (%d crops, %.1f MB)", args.out, len(keys), args.out.stat().st_size / 1e6)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
