@@ -30,6 +30,14 @@ from scripts.evaluate import TorchClassifier  # noqa: E402
 logger = logging.getLogger("teacher_probs")
 
 
+def trained_sources(ckpt: Path) -> list[str]:
+    """The labelled sources a classifier checkpoint trained on: those it was scored on
+    in val (a source left out with ``--exclude-source`` has no val score)."""
+    import torch
+
+    return sorted(torch.load(ckpt, map_location="cpu", weights_only=False)["val"])
+
+
 def teacher_probs(ckpt: Path, views: int = 8, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
     d = data.load("cls")
     keep = np.isin(d["splits"], ("train", "val"))
@@ -52,7 +60,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     keys, probs = teacher_probs(args.checkpoint, args.views)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, keys=keys, probs=probs.astype(np.float16))
+    np.savez_compressed(args.out, keys=keys, probs=probs.astype(np.float16),
+                        trained_on=np.array(trained_sources(args.checkpoint)))
     logger.info("wrote %s (%d crops, %.1f MB)", args.out, len(keys), args.out.stat().st_size / 1e6)
     return 0
 

@@ -181,7 +181,7 @@ def predict(model, loader, device) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)))
 
 
-def teacher_targets(path: Path, keys: np.ndarray) -> torch.Tensor:
+def teacher_targets(path: Path, keys: np.ndarray, left_out: str | None = None) -> torch.Tensor:
     """A teacher's class probabilities for these crops, in their order.
 
     The file (``scripts.teacher_probs``) holds the teacher's mean softmax over the
@@ -191,6 +191,12 @@ def teacher_targets(path: Path, keys: np.ndarray) -> torch.Tensor:
     with np.load(path) as z:
         index = {k: j for j, k in enumerate(z["keys"])}
         probs = z["probs"].astype(np.float32)
+        trained_on = set(z["trained_on"]) if "trained_on" in z.files else None
+    if left_out and (trained_on is None or left_out in trained_on):
+        # A teacher that saw the left-out source would leak it into a leave-one-source-out run.
+        raise SystemExit(f"{path}: its teacher trained on {left_out!r} (or does not say what it trained on), so it "
+                         f"cannot teach a run that leaves {left_out!r} out; drop --teacher or give a teacher "
+                         "trained with the same --exclude-source")
     missing = [k for k in keys if k not in index]
     if missing:
         raise SystemExit(f"{path}: no teacher target for {len(missing)} training crops (e.g. {missing[0]}); "
@@ -212,7 +218,9 @@ def train_classifier(args, device) -> dict:
     tr = (splits == "train") & (labels >= 0) & allowed
     logger.info("classifier train crops: %s", {s: int((tr & (sources == s)).sum()) for s in SOURCE_SHARE})
     weights = classifier_weights(sources[tr], strata_of(sources[tr], labels[tr], d["keys"][tr]))
-    teacher = teacher_targets(Path(args.teacher), d["keys"][tr]).to(device) if args.teacher else None
+    teacher = None
+    if args.teacher:
+        teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source).to(device)
     train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
                         args.crop_scale, args.crop_shift)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
@@ -272,7 +280,7 @@ def train_classifier(args, device) -> dict:
             best = score
             torch.save({"state_dict": scored.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
                         "bg_norm": not args.no_bg_norm, "input_size": list(preprocess.CLASSIFIER_SIZE),
-                        "stain_norm": args.stain_norm},
+                        "stain_norm": args.stain_norm, "teacher": args.teacher},
                        Path(args.out) / "classifier.pt")
     return {"best_val_mean": best, "history": history}
 

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 train = pytest.importorskip("scripts.train")
 
 
-def _write(path, keys, probs):
-    np.savez_compressed(path, keys=np.array(keys), probs=np.array(probs, np.float16))
+def _write(path, keys, probs, trained_on=("pbc", "raabin", "chula", "bccd")):
+    np.savez_compressed(path, keys=np.array(keys), probs=np.array(probs, np.float16), trained_on=np.array(trained_on))
 
 
 def test_teacher_targets_follow_the_crop_order(tmp_path):
@@ -29,6 +29,16 @@ def test_a_crop_without_a_teacher_target_is_an_error(tmp_path):
     _write(f, ["a"], [[1, 0, 0, 0, 0, 0]])
     with pytest.raises(SystemExit, match="no teacher target for 1 training crops"):
         train.teacher_targets(f, np.array(["a", "zz"]))
+
+
+def test_a_teacher_that_saw_the_left_out_source_cannot_teach_its_loso_run(tmp_path):
+    f = tmp_path / "t.npz"
+    _write(f, ["a"], [[1, 0, 0, 0, 0, 0]])
+    with pytest.raises(SystemExit, match="cannot teach a run that leaves 'chula' out"):
+        train.teacher_targets(f, np.array(["a"]), left_out="chula")
+    g = tmp_path / "loso.npz"
+    _write(g, ["a"], [[1, 0, 0, 0, 0, 0]], trained_on=("pbc", "raabin", "bccd"))
+    assert train.teacher_targets(g, np.array(["a"]), left_out="chula").shape == (1, 6)
 
 
 def test_distillation_loss_is_zero_only_when_the_student_agrees():
