@@ -1,7 +1,7 @@
 """Train the leukocyte classifier or detector from the real data (one command).
 
     python -m scripts.data                      # once: index + cache ../shared/datasets
-    python -m scripts.train classifier --out runs/cls
+    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz  # shipped (1.4.0)
     python -m scripts.train detector   --out runs/det
     python -m scripts.train classifier --exclude-source chula --out runs/loso_chula   # leave-one-source-out
 
@@ -9,6 +9,8 @@ Seeded, with a progress bar and a log file (``<out>/train.log``). Every
 input goes through ``scripts.augment`` (raw pixels) and then the runtime's own
 ``edge_app.preprocess`` before the network, so training sees what the kiosk
 sees. Model selection uses the *val* splits only; test splits are never read.
+``--teacher`` adds distillation from precomputed teacher probabilities
+(``scripts.teacher_probs``), so a GPU-trained teacher costs the CPU run nothing.
 Uses a CUDA GPU when present (``--device``), otherwise the CPU.
 """
 
