@@ -86,10 +86,21 @@ CROP_SCALE = (0.85, 1.2)
 CROP_SHIFT = 0.06
 
 
-def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, shift: float = CROP_SHIFT) -> np.ndarray:
-    """Rotation by any angle (cells have no 'up'), flips, zoom, small shifts."""
+def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, shift: float = CROP_SHIFT,
+                  frame: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Rotation by any angle (cells have no 'up'), flips, zoom, small shifts.
+
+    ``frame`` = (cx, cy, side): the square the kiosk would cut around this
+    cell (``kiosk_square``). Given, the crop is centred on it and zoomed so it
+    fills the output, then jittered as usual: a single-cell dataset's photo is
+    framed as the kiosk frames a detected cell.
+    """
     h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(0, 360), rng.uniform(*scale))
+    cx, cy, zoom = w / 2, h / 2, 1.0
+    if frame is not None:
+        cx, cy, zoom = frame[0], frame[1], w / max(frame[2], 1.0)
+    m = cv2.getRotationMatrix2D((cx, cy), rng.uniform(0, 360), rng.uniform(*scale) * zoom)
+    m[:, 2] += (w / 2 - cx, h / 2 - cy)  # move the cell's centre to the crop's centre
     m[:, 2] += rng.uniform(-shift, shift, 2) * (w, h)
     out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return out[:, ::-1].copy() if rng.random() < 0.5 else out

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
-from scripts import augment, data  # noqa: E402
+from scripts import augment, data, kiosk_framing  # noqa: E402
 from scripts.wbcnet import Classifier, Detector, to_network_input  # noqa: E402
 
 logger = logging.getLogger("train")
@@ -109,12 +109,16 @@ def take_step(model, opt, sched, ema: WeightAverage | None, loss) -> None:
 class CropSet(Dataset):
     """Labelled crops; in training each is turned, zoomed by ``scale`` and
     shifted by up to ``shift`` of its side (how far a detector's box strays
-    from the annotated one), then photometrically augmented."""
+    from the annotated one), then photometrically augmented. With ``frames``
+    (kiosk squares, ``scripts.kiosk_framing``), a single-cell photo is framed as
+    the kiosk frames a detected cell with probability ``kiosk_framing``."""
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
-                 scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT):
+                 scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT, frames=None,
+                 kiosk_framing: float = 0.0):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
         self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
+        self.frames, self.kiosk_framing = frames, kiosk_framing
 
     def __len__(self):
         return len(self.images)
@@ -123,7 +127,11 @@ class CropSet(Dataset):
         img = self.images[i]
         if self.train:
             rng = _worker_rng(self.seed, i)
-            img = augment.crop_geometry(img, rng, self.scale, self.shift)
+            frame = None
+            # No draw when off, so runs without kiosk framing replay exactly.
+            if self.kiosk_framing > 0 and np.isfinite(self.frames[i, 0]) and rng.random() < self.kiosk_framing:
+                frame = kiosk_framing.augment_frame(self.frames[i])
+            img = augment.crop_geometry(img, rng, self.scale, self.shift, frame)
             img = augment.photometric(img, rng, self.strength)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i]), i  # the index finds the crop's teacher target
@@ -223,8 +231,9 @@ def train_classifier(args, device) -> dict:
     teacher = None
     if args.teacher:
         teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source).to(device)
+    frames = kiosk_framing.load(d["keys"])[tr] if args.kiosk_framing > 0 else None
     train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
-                        args.crop_scale, args.crop_shift)
+                        args.crop_scale, args.crop_shift, frames, args.kiosk_framing)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
@@ -463,7 +472,7 @@ def disable_background_normalisation() -> None:
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
-                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT),
+                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.0),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
@@ -498,6 +507,9 @@ def main(argv=None) -> int:
                     help="classifier: random zoom range of the training crops")
     ap.add_argument("--crop-shift", type=float,
                     help="classifier: random shift of the training crops, as a fraction of their side")
+    ap.add_argument("--kiosk-framing", type=float,
+                    help="classifier: share of single-cell photos framed as the kiosk frames a detected cell "
+                         "(needs python -m scripts.kiosk_framing; 0 = photos as stored)")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--workers", type=int, default=2)
