@@ -1,7 +1,8 @@
 """Train the leukocyte classifier or detector from the real data (one command).
 
     python -m scripts.data                      # once: index + cache ../shared/datasets
-    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz  # shipped (1.4.0)
+    python -m scripts.kiosk_framing             # once: the kiosk's square around each single-cell photo's cell
+    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz  # shipped (1.5.0)
     python -m scripts.train detector   --out runs/det
     python -m scripts.train classifier --exclude-source chula --out runs/loso_chula   # leave-one-source-out
 
@@ -9,6 +10,8 @@ Seeded, with a progress bar and a log file (``<out>/train.log``). Every
 input goes through ``scripts.augment`` (raw pixels) and then the runtime's own
 ``edge_app.preprocess`` before the network, so training sees what the kiosk
 sees. Model selection uses the *val* splits only; test splits are never read.
+Half of the single-cell photos (PBC, Raabin) are framed as the kiosk frames a
+detected cell (``--kiosk-framing``, ``scripts.kiosk_framing``).
 ``--teacher`` adds distillation from precomputed teacher probabilities
 (``scripts.teacher_probs``), so a GPU-trained teacher costs the CPU run nothing.
 Uses a CUDA GPU when present (``--device``), otherwise the CPU.
@@ -472,7 +475,7 @@ def disable_background_normalisation() -> None:
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
-                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.0),
+                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
