@@ -599,7 +599,11 @@ def main(argv=None) -> int:
     ap.add_argument("--levers", type=Path, nargs="*", default=[],
                     help="folders of lever-study runs (scripts/lever_sweep.sh)")
     ap.add_argument("--skip-main", action="store_true", help="only LOSO/levers (reuse evaluation.json)")
+    ap.add_argument("--add-loso", nargs="*", default=[],
+                    help="with --skip-main: CKPT:SOURCE pairs added to the LOSO rows already in evaluation.json")
     args = ap.parse_args(argv)
+    if args.add_loso and not args.skip_main:
+        ap.error("--add-loso adds to an existing report: use it with --skip-main")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.model_dir
     manifest = Manifest.load(out)
@@ -624,15 +628,20 @@ def main(argv=None) -> int:
         r["decode_val"] = eval_decode_val(det["tflite_int8"])
         r["tta_flip"] = bool(manifest.entry("detector").get("tta_flip", False))
     cmd = ("python -m scripts.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    earlier = r.get("command_loso", r.get("command"))
     r["command_loso" if args.skip_main else "command"] = cmd
-    if args.loso:
+    if args.add_loso:  # keep the rows of the earlier command, so its table stays one report
+        r["command_loso"] = f"{earlier}`, then `{cmd}"
+        added = {spec.rsplit(":", 1)[0] for spec in args.add_loso}
+        r["loso"] = [row for row in r.get("loso", []) if row["ckpt"] not in added]
+    elif args.loso:
         r["loso"] = []
-        for spec in args.loso:
-            ckpt, src = spec.rsplit(":", 1)
-            m, t = eval_checkpoint(TorchClassifier(Path(ckpt)), src, ("train", "val", "test"), manifest.tta_views)
-            r["loso"].append({"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
-                              "f1": m["macro_f1_five"], "views": manifest.tta_views,
-                              "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"]})
+    for spec in args.loso + args.add_loso:
+        ckpt, src = spec.rsplit(":", 1)
+        m, t = eval_checkpoint(TorchClassifier(Path(ckpt)), src, ("train", "val", "test"), manifest.tta_views)
+        r["loso"].append({"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
+                          "f1": m["macro_f1_five"], "views": manifest.tta_views,
+                          "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"]})
     if args.levers:
         r["levers"] = []
         for ck in sorted(ck for d in args.levers for ck in d.glob("*/classifier.pt")):
