@@ -2,6 +2,7 @@
 
     python -m scripts.evaluate                       # shipped models/, all test splits
     python -m scripts.evaluate --loso runs/loso_chula/classifier.pt:chula --levers runs/levers runs/levers128
+    python -m scripts.evaluate --keep-studies         # new model, same LOSO/lever rows (their runs are not shipped)
 
 Every figure names its split (``scripts/splits.py``); nothing here is used to
 choose a model. The classifier is run through the product's own path
@@ -592,6 +593,15 @@ def write_report(r: dict, out: Path) -> None:
     (out / "EVALUATION.md").write_text("\n".join(L) + "\n")
 
 
+def carry_studies(r: dict, earlier: dict) -> dict:
+    """Copy the LOSO and lever rows of an earlier report into ``r``, with the command that produced them."""
+    r["command_loso"] = earlier.get("command_loso", earlier.get("command"))
+    for key in ("loso", "levers"):
+        if earlier.get(key):
+            r[key] = earlier[key]
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, default=MODELS)
@@ -601,16 +611,25 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-main", action="store_true", help="only LOSO/levers (reuse evaluation.json)")
     ap.add_argument("--add-loso", nargs="*", default=[],
                     help="with --skip-main: CKPT:SOURCE pairs added to the LOSO rows already in evaluation.json")
+    ap.add_argument("--keep-studies", action="store_true",
+                    help="re-score the shipped model but keep the LOSO and lever rows of evaluation.json "
+                         "(their checkpoints are training runs, not shipped, and do not depend on it)")
     args = ap.parse_args(argv)
     if args.add_loso and not args.skip_main:
         ap.error("--add-loso adds to an existing report: use it with --skip-main")
+    if args.keep_studies and (args.skip_main or args.loso or args.levers):
+        ap.error("--keep-studies keeps the earlier LOSO/lever rows: it cannot be combined with "
+                 "--skip-main, --loso or --levers")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.model_dir
     manifest = Manifest.load(out)
     threshold = 0.35
     jpath = out / "evaluation.json"
-    if args.skip_main and jpath.is_file():
-        r = json.loads(jpath.read_text())
+    earlier_r = json.loads(jpath.read_text()) if jpath.is_file() else {}
+    if args.keep_studies and not earlier_r.get("loso"):
+        ap.error(f"--keep-studies: {jpath} holds no LOSO rows to keep")
+    if args.skip_main and earlier_r:
+        r = earlier_r
     else:
         r = {"version": manifest.version, "date": time.strftime("%Y-%m-%d"), "detect_threshold": threshold}
         clf = classifier_runners(manifest)
@@ -630,6 +649,8 @@ def main(argv=None) -> int:
     cmd = ("python -m scripts.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     earlier = r.get("command_loso", r.get("command"))
     r["command_loso" if args.skip_main else "command"] = cmd
+    if args.keep_studies:
+        carry_studies(r, earlier_r)
     if args.add_loso:  # keep the rows of the earlier command, so its table stays one report
         r["command_loso"] = f"{earlier}`, then `{cmd}"
         added = {spec.rsplit(":", 1)[0] for spec in args.add_loso}
