@@ -1,6 +1,7 @@
 """Export trained checkpoints to the shipped artifacts under ``models/``.
 
     python -m scripts.export --classifier runs/cls/classifier.pt --detector runs/det/detector.pt
+    python -m scripts.export --classifier runs/cls/classifier.pt --keep-detector   # classifier-only update
 
 For each network (``detector``, ``classifier``):
 
@@ -178,17 +179,27 @@ def output_shapes(model: Deployable, kind: str) -> list[list[int]]:
 
 
 def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
-    """A few real calibration images + PyTorch outputs, for the parity test."""
+    """A few real calibration images + PyTorch outputs, for the parity test.
+
+    Networks not in ``models`` (a detector kept with ``--keep-detector``) keep
+    their parity images and outputs: their weights did not change."""
     pdir = MODELS / "parity"
-    if pdir.exists():
-        shutil.rmtree(pdir)
-    pdir.mkdir()
+    old = json.loads((pdir / "index.json").read_text()) if (pdir / "index.json").is_file() else {}
+    kept = {k: v for k, v in old.items() if k not in models}
+    keep_files = {f for v in kept.values() for f in v} | {f"{k}_torch.npz" for k in kept}
+    pdir.mkdir(exist_ok=True)
+    for f in pdir.iterdir():
+        if f.name not in keep_files:
+            f.unlink()
     manifest = json.loads((CALIB / "manifest.json").read_text())
     picks = {"classifier": manifest["crops"][::30][:8], "detector": manifest["frames"][::20][:4]}
     index = {}
-    for kind, entries in picks.items():
+    for kind in ("classifier", "detector"):
+        if kind in kept:
+            index[kind] = kept[kind]
+            continue
         files, outs = [], {n: [] for n in NAMES[kind][1]}
-        for e in entries:
+        for e in picks[kind]:
             dst = pdir / Path(e["file"]).name
             shutil.copy(CALIB / e["file"], dst)
             rgb = preprocess.read_rgb(str(dst))
@@ -204,10 +215,28 @@ def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
     return index
 
 
+def kept_detector_entry() -> dict:
+    """The shipped detector's manifest entry, after checking its files are the ones it names."""
+    path = MODELS / "manifest.json"
+    if not path.is_file():
+        sys.exit(f"--keep-detector: {path} is missing; export a detector checkpoint with --detector")
+    entry = json.loads(path.read_text())["models"]["detector"]
+    for name, digest in entry["sha256"].items():
+        if not (MODELS / name).is_file() or sha256(MODELS / name) != digest:
+            sys.exit(f"--keep-detector: models/{name} is missing or differs from models/manifest.json; "
+                     "restore it (git checkout -- models/) or export a detector checkpoint with --detector")
+    if not (MODELS / "parity" / "detector_torch.npz").is_file():
+        sys.exit("--keep-detector: models/parity/detector_torch.npz is missing; restore models/parity/")
+    return entry
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--classifier", required=True)
-    ap.add_argument("--detector", required=True)
+    det = ap.add_mutually_exclusive_group(required=True)
+    det.add_argument("--detector", help="detector checkpoint to export")
+    det.add_argument("--keep-detector", action="store_true",
+                     help="ship the detector already in models/ unchanged (a classifier-only update)")
     ap.add_argument("--version", default=None)
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=8,
                     help="classifier test-time views recorded in the manifest (chosen on the val splits: "
@@ -218,7 +247,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     MODELS.mkdir(exist_ok=True)
-    ckpts = {"classifier": args.classifier, "detector": args.detector}
+    ckpts = {"classifier": args.classifier} if args.keep_detector else \
+        {"classifier": args.classifier, "detector": args.detector}
+    kept = {"detector": kept_detector_entry()} if args.keep_detector else {}
     models = {k: load_net(k, v) for k, v in ckpts.items()}
     stain_norm = bool(torch.load(args.classifier, map_location="cpu", weights_only=False).get("stain_norm", False))
     entries = {}
@@ -242,6 +273,8 @@ def main(argv=None) -> int:
             "checkpoint_epoch": state["epoch"],
             "val": state["val"],
         }
+    entries.update(kept)
+    entries = {k: entries[k] for k in ("classifier", "detector")}  # the manifest's usual order
     entries["detector"]["stride"] = Detector.STRIDE
     entries["detector"]["tta_flip"] = not args.no_detector_flip
     entries["classifier"]["attention_stride"] = 16
