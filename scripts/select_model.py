@@ -1,0 +1,77 @@
+"""Score exported model folders on the *val* splits only: the figures a new model is chosen by.
+
+    python -m scripts.select_model models /tmp/candidate --json /tmp/select.json
+
+No test split is read. Each folder is run through the product's own INT8 path
+(``scripts.evaluate``'s runners, the manifest's test-time views) and gets:
+
+- ``pbc_photo_macro_f1_five``: PBC val photos as stored (what ``wbc-counter
+  classify`` sees), macro-F1 over the five classes; "other" photos count as
+  truth, so calling them a monocyte costs monocyte precision;
+- ``pbc_kiosk`` / ``raabin_kiosk``: five-class accuracy on PBC and Raabin val
+  photos cut as the kiosk cuts a detected cell (``scripts.kiosk_framing``);
+- ``chula_e2e`` / ``bccd_e2e``: val frames end to end at the runtime's score
+  threshold (detected and typed);
+- ``camera_mean``: the mean of those four, each camera as the kiosk uses it
+  (the rule that chose 1.4.0 and 1.5.0, see the model card).
+
+The decision rule itself is written down, before a candidate is scored, in
+``models/training/`` (one file per candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_app.inference import Manifest  # noqa: E402
+from scripts import evaluate  # noqa: E402
+
+logger = logging.getLogger("select_model")
+THRESHOLD = 0.35  # the runtime's default detection score, as in scripts.evaluate
+
+
+def score(model_dir: Path) -> dict:
+    manifest = Manifest.load(model_dir)
+    clf = evaluate.classifier_runners(manifest)["tflite_int8"]
+    det = evaluate.detector_runners(manifest)["tflite_int8"]
+    kiosk = evaluate.eval_kiosk_framing(manifest, clf, "val")
+    e2e = evaluate.eval_end_to_end_val(det, clf, THRESHOLD)
+    row = {
+        "version": manifest.version,
+        "pbc_photo_macro_f1_five": kiosk["pbc"]["photo"]["macro_f1_five"],
+        "pbc_photo_five_class": kiosk["pbc"]["photo"]["five_class_accuracy"],
+        "raabin_photo_five_class": kiosk["raabin"]["photo"]["five_class_accuracy"],
+        "pbc_kiosk": kiosk["pbc"]["kiosk"]["five_class_accuracy"],
+        "raabin_kiosk": kiosk["raabin"]["kiosk"]["five_class_accuracy"],
+        "chula_e2e": e2e["chula"]["accuracy"],
+        "bccd_e2e": e2e["bccd"]["accuracy"],
+        "pbc_photo_confusion": kiosk["pbc"]["photo"]["confusion"],
+    }
+    row["camera_mean"] = (row["pbc_kiosk"] + row["raabin_kiosk"] + row["chula_e2e"] + row["bccd_e2e"]) / 4
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model_dirs", type=Path, nargs="+")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    rows = {str(d): score(d) for d in args.model_dirs}
+    text = json.dumps(rows, indent=1)
+    if args.json:
+        args.json.write_text(text)
+    for d, row in rows.items():
+        print(d, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "pbc_photo_confusion"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
