@@ -41,10 +41,14 @@ def score(model_dir: Path) -> dict:
     manifest = Manifest.load(model_dir)
     clf = evaluate.classifier_runners(manifest)["tflite_int8"]
     det = evaluate.detector_runners(manifest)["tflite_int8"]
-    kiosk = evaluate.eval_kiosk_framing(manifest, clf, "val")
-    e2e = evaluate.eval_end_to_end_val(det, clf, THRESHOLD)
+    return summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val"),
+                     evaluate.eval_end_to_end_val(det, clf, THRESHOLD))
+
+
+def summarise(version: str, kiosk: dict, e2e: dict) -> dict:
+    """The selection figures from ``eval_kiosk_framing`` (val) and ``eval_end_to_end_val`` results."""
     row = {
-        "version": manifest.version,
+        "version": version,
         "pbc_photo_macro_f1_five": kiosk["pbc"]["photo"]["macro_f1_five"],
         "pbc_photo_five_class": kiosk["pbc"]["photo"]["five_class_accuracy"],
         "raabin_photo_five_class": kiosk["raabin"]["photo"]["five_class_accuracy"],
@@ -54,6 +58,7 @@ def score(model_dir: Path) -> dict:
         "bccd_e2e": e2e["bccd"]["accuracy"],
         "pbc_photo_confusion": kiosk["pbc"]["photo"]["confusion"],
     }
+    # each camera counts the same, however many cells its val split holds
     row["camera_mean"] = (row["pbc_kiosk"] + row["raabin_kiosk"] + row["chula_e2e"] + row["bccd_e2e"]) / 4
     return row
 
