@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
+from edge_app.config import ModelConfig  # noqa: E402
 from edge_app.inference import Classifier, Detector, Manifest  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
 from scripts import augment, data, kiosk_framing  # noqa: E402
@@ -45,6 +46,8 @@ from scripts.splits import DATASETS, split_of  # noqa: E402
 
 logger = logging.getLogger("evaluate")
 MODELS = ROOT / "models"
+# the runtime's default detection score, so the report scores what the kiosk counts
+THRESHOLD = ModelConfig.model_fields["detect_threshold"].default
 ALPHAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
 
 
@@ -623,7 +626,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.model_dir
     manifest = Manifest.load(out)
-    threshold = 0.35
+    threshold = THRESHOLD
     jpath = out / "evaluation.json"
     earlier_r = json.loads(jpath.read_text()) if jpath.is_file() else {}
     if args.keep_studies and not earlier_r.get("loso"):
@@ -652,7 +655,8 @@ def main(argv=None) -> int:
     if args.keep_studies:
         carry_studies(r, earlier_r)
     if args.add_loso:  # keep the rows of the earlier command, so its table stays one report
-        r["command_loso"] = f"{earlier}`, then `{cmd}"
+        # a re-run of the last command replaces its rows (below) and is not named twice
+        r["command_loso"] = earlier if earlier.endswith(f"`{cmd}") else f"{earlier}`, then `{cmd}"
         added = {spec.rsplit(":", 1)[0] for spec in args.add_loso}
         r["loso"] = [row for row in r.get("loso", []) if row["ckpt"] not in added]
     elif args.loso:
@@ -662,7 +666,8 @@ def main(argv=None) -> int:
         m, t = eval_checkpoint(TorchClassifier(Path(ckpt)), src, ("train", "val", "test"), manifest.tta_views)
         r["loso"].append({"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
                           "f1": m["macro_f1_five"], "views": manifest.tta_views,
-                          "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"]})
+                          "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"],
+                          "confusion_tta": t["confusion"]})
     if args.levers:
         r["levers"] = []
         for ck in sorted(ck for d in args.levers for ck in d.glob("*/classifier.pt")):

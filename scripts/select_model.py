@@ -33,16 +33,13 @@ sys.path.insert(0, str(ROOT))
 from edge_app.inference import Manifest  # noqa: E402
 from scripts import evaluate  # noqa: E402
 
-logger = logging.getLogger("select_model")
-THRESHOLD = 0.35  # the runtime's default detection score, as in scripts.evaluate
-
 
 def score(model_dir: Path) -> dict:
     manifest = Manifest.load(model_dir)
     clf = evaluate.classifier_runners(manifest)["tflite_int8"]
     det = evaluate.detector_runners(manifest)["tflite_int8"]
     return summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val"),
-                     evaluate.eval_end_to_end_val(det, clf, THRESHOLD))
+                     evaluate.eval_end_to_end_val(det, clf, evaluate.THRESHOLD))
 
 
 def summarise(version: str, kiosk: dict, e2e: dict) -> dict:
