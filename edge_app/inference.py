@@ -170,10 +170,13 @@ class Detector:
             ltrb = (ltrb + lf[0, :, ::-1][..., [2, 1, 0, 3]]) / 2
         return heat, ltrb
 
-    def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None) -> list[Detection]:
+    def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
+                 threshold: float | None = None) -> list[Detection]:
+        """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own)."""
         x, lb = preprocess.detector_input(frame_rgb, background)
         heat, ltrb = self.raw(x)
-        boxes, scores = decode_detections(heat, ltrb, self.stride, self.threshold, self.nms_iou, self.vote)
+        thr = self.threshold if threshold is None else threshold
+        boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
         if not len(boxes):
             return []
         boxes = lb.to_frame(boxes)

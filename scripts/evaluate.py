@@ -9,15 +9,18 @@ choose a model. The classifier is run through the product's own path
 (``edge_app.preprocess`` + ``edge_app.inference`` on TFLite FP32/INT8, and ONNX
 Runtime for the FP32 and Q/DQ ONNX), so the numbers are the kiosk's numbers.
 
-- classifier: five-class accuracy (truth in the five classes; a prediction of
-  "other" counts as wrong), macro-F1, per-class precision/recall/F1,
-  one-vs-rest AUC, confusion matrix; INT8 vs FP32 vs Q/DQ side by side;
-  Gaussian noise N = I + G*alpha, alpha 0.05..0.35, on PBC test crops;
+- classifier: each test crop as ``wbc-counter classify`` sees it (the
+  detector of the same precision finds the cell and the kiosk's square is cut
+  around it, ``edge_app.framing``): five-class accuracy (truth in the five
+  classes; a prediction of "other" counts as wrong), macro-F1, per-class
+  precision/recall/F1, one-vs-rest AUC, confusion matrix; INT8 vs FP32 vs Q/DQ
+  side by side; Gaussian noise N = I + G*alpha, alpha 0.05..0.35, on PBC test
+  crops (the noise is added to the image, then the cell is framed);
 - detector: AP50 and recall@0.5 on held-out frames of each frame source;
 - end to end on held-out Chula slides: a cell is right when a detection
   matches its box (IoU >= 0.5) *and* carries its label;
-- kiosk framing: the single-cell photos (PBC, Raabin, Tecom) cut as the kiosk
-  cuts a detected cell (``scripts.kiosk_framing``), beside the photos as stored;
+- framing: INT8 on every test and val crop as given (``classify --as-given``)
+  beside the kiosk's framing of its cell (``classify``);
 - leave-one-source-out and lever study from PyTorch checkpoints (``--loso``,
   ``--levers``).
 """
@@ -37,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_app import preprocess  # noqa: E402
+from edge_app import framing, preprocess  # noqa: E402
 from edge_app.config import ModelConfig  # noqa: E402
 from edge_app.inference import Classifier, Detector, Manifest  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
@@ -49,6 +52,8 @@ MODELS = ROOT / "models"
 # the runtime's default detection score, so the report scores what the kiosk counts
 THRESHOLD = ModelConfig.model_fields["detect_threshold"].default
 ALPHAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+TRAINED_SOURCES = ("pbc", "raabin", "chula", "bccd")  # labelled sources the classifier trains on
+FRAMING_SOURCES = ("pbc", "raabin", "tecom", "chula", "bccd")
 
 
 # ------------------------------------------------------------------ runners
@@ -322,25 +327,39 @@ def run_classifier(clf, crops) -> np.ndarray:
     return np.stack([clf(c).probs for c in crops])
 
 
-def eval_classifiers(runners, sets) -> dict:
-    res = {}
+def classify_framed(det, crops) -> list[np.ndarray]:
+    """The crops as ``wbc-counter classify`` frames them with detector ``det`` (``edge_app.framing``)."""
+    return [framing.frame_cell(det, c) for c in crops]
+
+
+def detector_for(runner: str) -> str:
+    """The detector runner of the same precision as a classifier runner (its 1-view twin included)."""
+    return runner.removesuffix("_1view")
+
+
+def eval_classifiers(runners, sets, dets) -> dict:
+    """Every runner on every test set, each crop framed by the detector of the runner's precision."""
+    res, framed = {}, {}
     for name, clf in runners.items():
+        dname = detector_for(name)
         for src, (crops, truth) in sets.items():
+            if (dname, src) not in framed:
+                framed[dname, src] = classify_framed(dets[dname], crops)
             t0 = time.time()
-            res.setdefault(src, {})[name] = classification_metrics(truth, run_classifier(clf, crops))
+            res.setdefault(src, {})[name] = classification_metrics(truth, run_classifier(clf, framed[dname, src]))
             logger.info("classifier %s on %s test: five-class acc %.4f (%.0fs)", name, src,
                         res[src][name]["five_class_accuracy"] or -1, time.time() - t0)
     return res
 
 
-def eval_noise(runners, crops, truth, seed=0) -> dict:
+def eval_noise(runners, dets, crops, truth, seed=0) -> dict:
     res = {}
     for name in ("tflite_fp32", "tflite_int8"):
         res[name] = {}
         for a in ALPHAS:
             rng = np.random.default_rng(seed)
             noisy = [augment.add_gaussian_noise(c, a, rng) if a > 0 else c for c in crops]
-            m = classification_metrics(truth, run_classifier(runners[name], noisy))
+            m = classification_metrics(truth, run_classifier(runners[name], classify_framed(dets[name], noisy)))
             res[name][str(a)] = m["five_class_accuracy"]
             logger.info("noise alpha %.2f %s: %.4f", a, name, res[name][str(a)])
     return res
@@ -403,25 +422,34 @@ def eval_end_to_end_val(det, clf, threshold: float) -> dict:
 
 
 def eval_kiosk_framing(manifest: Manifest, clf, split: str) -> dict:
-    """Single-cell photos of one split as stored and as the kiosk frames them: this model's own INT8
-    detector finds the cell and the kiosk's square is cut around it (the photo itself if none is found)."""
+    """The crops of one split as given and as the kiosk frames them: this model's own INT8 detector finds
+    the cell and the kiosk's square is cut around it (the image itself if none is found), which is what
+    ``wbc-counter classify`` does. Chula and BCCD crops are cut at the annotated box already and are
+    re-framed around the detector's box."""
     d = data.load("cls")
     det = kiosk_framing.shipped_detector(manifest.dir)
     res = {}
-    for src in kiosk_framing.CROP_SOURCES:
+    for src in FRAMING_SOURCES:
         m = (d["sources"] == src) & (d["splits"] == split) & (d["labels"] >= 0)
         if not m.any():
             continue  # Tecom is never trained on, so it has no val split
         photos, truth = list(d["images"][m]), d["labels"][m].astype(int)
-        squares = [kiosk_framing.kiosk_square(det, p) for p in photos]
-        framed = [kiosk_framing.kiosk_crop(p, q) for p, q in zip(photos, squares)]
+        squares = [framing.kiosk_square(det, p) for p in photos]
+        framed = [framing.kiosk_crop(p, q) for p, q in zip(photos, squares)]
         res[src] = {"photo": classification_metrics(truth, run_classifier(clf, photos)),
                     "kiosk": classification_metrics(truth, run_classifier(clf, framed)),
                     "framed": int(sum(q is not None for q in squares)), "n": len(photos)}
-        logger.info("kiosk framing %s %s: five-class %.4f as stored, %.4f framed (%d of %d framed)", src, split,
+        logger.info("kiosk framing %s %s: five-class %.4f as given, %.4f framed (%d of %d framed)", src, split,
                     res[src]["photo"]["five_class_accuracy"], res[src]["kiosk"]["five_class_accuracy"],
                     res[src]["framed"], len(photos))
     return res
+
+
+def pooled_five(res: dict, framing: str, sources=TRAINED_SOURCES) -> float:
+    """Five-class accuracy over every crop of ``sources`` in an ``eval_kiosk_framing`` result, one framing."""
+    rows = [res[s][framing] for s in sources if s in res]
+    n = sum(m["n_five"] for m in rows)
+    return sum(m["five_class_accuracy"] * m["n_five"] for m in rows) / n if n else float("nan")
 
 
 def eval_checkpoint(clf: TorchClassifier, src: str, splits, views: int) -> tuple[dict, dict]:
@@ -494,7 +522,13 @@ def write_report(r: dict, out: Path) -> None:
          "PBC/Raabin by seeded hash buckets, no slide ids exist; Tecom is test-only and never trained on).",
          "Five-class accuracy counts a prediction of `other` as wrong.",
          "No test-split figure below was used to choose anything.", "",
-         "## Classifier, per source (test splits)", "",
+         "## Classifier, per source (test splits)", ""]
+    if r.get("classifier_framing") == "classify":
+        L += ["Each crop is framed as `wbc-counter classify` frames it: the detector of the same precision finds",
+              "the cell nearest the centre and the classifier sees the kiosk's square of 1.4 times the box's",
+              "longest side (`edge_app/framing.py`); a crop in which no cell is found is classified whole.",
+              "The crops as given (`classify --as-given`) are in \"Framing\" below.", ""]
+    L += [
          "| source (test split) | n | runtime | five-class acc | macro-F1 (five) | macro-F1 (all present) |",
          "|---|---|---|---|---|---|"]
     for src, by in r["classifier"].items():
@@ -560,16 +594,20 @@ def write_report(r: dict, out: Path) -> None:
     for key, split in (("kiosk_framing", "test"), ("kiosk_framing_val", "val")):
         if not r.get(key):
             continue
-        L += ["", f"## Kiosk framing ({split} splits, INT8, {r.get('tta_views', 1)} views)", "",
-              "The single-cell photos as stored, and cut as the kiosk cuts a detected cell: the shipped INT8",
-              "detector finds the cell and the classifier sees a square of 1.4 times the box's longest side",
-              "(`scripts/kiosk_framing.py`). A PBC cell fills about 40% of its photo and 70% of the kiosk's crop.",
-              "", "| source | photos | framed | five-class, as stored | macro-F1 (five) | five-class, kiosk framing"
+        L += ["", f"## Framing ({split} splits, INT8, {r.get('tta_views', 1)} views)", "",
+              "Each crop as given (`wbc-counter classify --as-given`), and cut as the kiosk cuts a detected cell",
+              "(`wbc-counter classify`): the shipped INT8 detector finds the cell and the classifier sees a square",
+              "of 1.4 times the box's longest side (`edge_app/framing.py`). A PBC cell fills about 40% of its",
+              "photo and 70% of the kiosk's crop; Chula and BCCD crops are cut at 1.4 times the annotated box and",
+              "are re-framed around the detector's box. Pooled: every crop of the trained sources.",
+              "", "| source | crops | framed | five-class, as given | macro-F1 (five) | five-class, kiosk framing"
               " | macro-F1 (five) |", "|---|---|---|---|---|---|---|"]
         for src, m in r[key].items():
             L.append(f"| {src} | {m['n']} | {m['framed']} | {fmt(m['photo']['five_class_accuracy'])}"
                      f" | {fmt(m['photo']['macro_f1_five'])} | {fmt(m['kiosk']['five_class_accuracy'])}"
                      f" | {fmt(m['kiosk']['macro_f1_five'])} |")
+        L.append(f"| pooled ({', '.join(s for s in TRAINED_SOURCES if s in r[key])}) | | | "
+                 f"{fmt(pooled_five(r[key], 'photo'))} | | {fmt(pooled_five(r[key], 'kiosk'))} | |")
     if r.get("loso"):
         L += ["", "## Leave one source out", "", f"Generated by `{r.get('command_loso', r['command'])}`.", "",
               "| left-out source | checkpoint | crops (all splits of that source) | five-class acc | macro-F1 (five)"
@@ -636,10 +674,11 @@ def main(argv=None) -> int:
     else:
         r = {"version": manifest.version, "date": time.strftime("%Y-%m-%d"), "detect_threshold": threshold}
         clf = classifier_runners(manifest)
-        sets = classifier_test_sets()
-        r["classifier"] = eval_classifiers(clf, sets)
-        r["noise"] = eval_noise(clf, *sets["pbc"])
         det = detector_runners(manifest)
+        sets = classifier_test_sets()
+        r["classifier"] = eval_classifiers(clf, sets, det)
+        r["classifier_framing"] = "classify"  # crops framed as `wbc-counter classify` frames them
+        r["noise"] = eval_noise(clf, det, *sets["pbc"])
         r["detector"] = eval_detectors(det, detector_test_sets(), threshold)
         r["end_to_end"] = eval_end_to_end(det, clf, e2e_items("chula", "test"), threshold)
         r["end_to_end_val"] = eval_end_to_end_val(det["tflite_int8"], clf["tflite_int8"], threshold)

@@ -10,8 +10,9 @@ it was never trained or measured on (MODEL_CARD.md, "Changes from 1.4.0: kiosk f
 
 This module runs the shipped detector on every crop-dataset photo of the
 classifier cache and keeps the kiosk's square around the detected cell nearest
-the photo's centre, so that training can frame part of its crops that way and
-the evaluation can score crops exactly as the kiosk cuts them:
+the photo's centre (``edge_app.framing``, which ``wbc-counter classify`` runs
+too), so that training can frame its crops that way and the evaluation can
+score crops exactly as the kiosk cuts them:
 
     python -m scripts.kiosk_framing            # writes .cache/kiosk_frames.npz
 """
@@ -28,17 +29,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_app import preprocess  # noqa: E402
+from edge_app import framing  # noqa: E402
 from edge_app.inference import Detector, Manifest  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 CROP_SOURCES = ("pbc", "raabin", "tecom")  # photos of one cell; the frame sources are cut from boxes already
 FRAMES = ROOT / ".cache" / "kiosk_frames.npz"
-# A detection whose centre is further than this share of the side from the
-# photo's centre is another cell at the photo's edge, not the photographed one.
-MAX_CENTRE_OFFSET = 0.25
-DETECT_THRESHOLD = 0.2
+# The finding and cutting are the product's own (``wbc-counter classify`` frames a photo the same way).
+kiosk_square, kiosk_crop = framing.kiosk_square, framing.kiosk_crop
 
 
 def shipped_detector(model_dir: Path = ROOT / "models") -> Detector:
@@ -47,28 +46,7 @@ def shipped_detector(model_dir: Path = ROOT / "models") -> Detector:
 
     manifest = Manifest.load(model_dir)
     backend = TFLiteBackend(manifest.file("detector", "tflite_int8"), manifest.output_shapes("detector"))
-    return Detector.for_manifest(backend, manifest, DETECT_THRESHOLD)
-
-
-def kiosk_square(detector: Detector, photo_rgb: np.ndarray) -> np.ndarray | None:
-    """The kiosk's crop square (x1, y1, x2, y2, ``preprocess.square_box``) around the photographed cell, or None."""
-    h, w = photo_rgb.shape[:2]
-    best, best_d = None, MAX_CENTRE_OFFSET
-    for det in detector(photo_rgb):
-        x1, y1, x2, y2 = det.box
-        d = max(abs((x1 + x2) / 2 - w / 2) / w, abs((y1 + y2) / 2 - h / 2) / h)
-        if d <= best_d:
-            best, best_d = det.box, d
-    if best is None:
-        return None
-    return np.array(preprocess.square_box(best), np.float32)
-
-
-def kiosk_crop(photo_rgb: np.ndarray, square) -> np.ndarray:
-    """The crop the kiosk would hand the classifier (the photo itself if no cell was found)."""
-    if square is None or not np.all(np.isfinite(square)):
-        return photo_rgb
-    return preprocess.crop_square(photo_rgb, tuple(int(v) for v in square))
+    return Detector.for_manifest(backend, manifest)
 
 
 def augment_frame(square) -> tuple[float, float, float] | None:

@@ -13,7 +13,12 @@ No test split is read. Each folder is run through the product's own INT8 path
 - ``chula_e2e`` / ``bccd_e2e``: val frames end to end at the runtime's score
   threshold (detected and typed);
 - ``camera_mean``: the mean of those four, each camera as the kiosk uses it
-  (the rule that chose 1.4.0 and 1.5.0, see the model card).
+  (the rule that chose 1.4.0 and 1.5.0, see the model card);
+- ``pbc_kiosk_macro_f1_five``: PBC macro-F1 over the five classes at kiosk
+  framing, which is what ``wbc-counter classify`` sees since it frames the cell;
+- ``pooled_classify`` / ``pooled_photo``: five-class accuracy over every val
+  crop of PBC, Raabin, Chula and BCCD, framed as ``classify`` frames them, and
+  as given (``classify --as-given``).
 
 The decision rule itself is written down, before a candidate is scored, in
 ``models/training/`` (one file per candidate).
@@ -53,7 +58,11 @@ def summarise(version: str, kiosk: dict, e2e: dict) -> dict:
         "raabin_kiosk": kiosk["raabin"]["kiosk"]["five_class_accuracy"],
         "chula_e2e": e2e["chula"]["accuracy"],
         "bccd_e2e": e2e["bccd"]["accuracy"],
+        "pbc_kiosk_macro_f1_five": kiosk["pbc"]["kiosk"]["macro_f1_five"],
+        "pooled_classify": evaluate.pooled_five(kiosk, "kiosk"),
+        "pooled_photo": evaluate.pooled_five(kiosk, "photo"),
         "pbc_photo_confusion": kiosk["pbc"]["photo"]["confusion"],
+        "pbc_kiosk_confusion": kiosk["pbc"]["kiosk"]["confusion"],
     }
     # each camera counts the same, however many cells its val split holds
     row["camera_mean"] = (row["pbc_kiosk"] + row["raabin_kiosk"] + row["chula_e2e"] + row["bccd_e2e"]) / 4
@@ -71,7 +80,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(text)
     for d, row in rows.items():
-        print(d, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "pbc_photo_confusion"})
+        shown = {k: v for k, v in row.items() if not k.endswith("_confusion")}
+        print(d, {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()})
     return 0
 
 

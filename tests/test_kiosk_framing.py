@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import preprocess
+from edge_app import framing, preprocess
 from scripts import augment, kiosk_framing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +34,8 @@ def test_the_photographed_cell_is_found_and_framed_as_the_kiosk_frames_it(detect
             continue
         cx, cy, side = kiosk_framing.augment_frame(sq)
         # the square sits on the photographed cell, which the dataset centres
-        assert abs(cx - w / 2) <= kiosk_framing.MAX_CENTRE_OFFSET * w
-        assert abs(cy - h / 2) <= kiosk_framing.MAX_CENTRE_OFFSET * h
+        assert abs(cx - w / 2) <= framing.MAX_CENTRE_OFFSET * w
+        assert abs(cy - h / 2) <= framing.MAX_CENTRE_OFFSET * h
         crop = kiosk_framing.kiosk_crop(photo, sq)
         assert crop.shape[:2] == (int(sq[3] - sq[1]), int(sq[2] - sq[0]))
         assert abs(crop.shape[0] - crop.shape[1]) <= 1  # square up to the rounding of square_box
