@@ -449,9 +449,10 @@ def eval_kiosk_framing(manifest: Manifest, clf, split: str) -> dict:
     return res
 
 
-def pooled_five(res: dict, framing: str, sources=TRAINED_SOURCES) -> float:
-    """Five-class accuracy over every crop of ``sources`` in an ``eval_kiosk_framing`` result, one framing."""
-    rows = [res[s][framing] for s in sources if s in res]
+def pooled_five(res: dict, which: str, sources=TRAINED_SOURCES) -> float:
+    """Five-class accuracy over every crop of ``sources`` in an ``eval_kiosk_framing`` result, for one
+    framing (``which``: "photo" as given, "kiosk" as ``classify`` frames the cell)."""
+    rows = [res[s][which] for s in sources if s in res]
     n = sum(m["n_five"] for m in rows)
     return sum(m["five_class_accuracy"] * m["n_five"] for m in rows) / n if n else float("nan")
 

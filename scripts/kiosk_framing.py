@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 CROP_SOURCES = ("pbc", "raabin", "tecom")  # photos of one cell; the frame sources are cut from boxes already
 FRAMES = ROOT / ".cache" / "kiosk_frames.npz"
-# The finding and cutting are the product's own (``wbc-counter classify`` frames a photo the same way).
-kiosk_square, kiosk_crop = framing.kiosk_square, framing.kiosk_crop
 
 
 def shipped_detector(model_dir: Path = ROOT / "models") -> Detector:
@@ -61,7 +59,7 @@ def build(images: np.ndarray, sources: np.ndarray, detector: Detector) -> np.nda
     """(N, 4) kiosk squares aligned with the classifier cache; NaN where none applies."""
     out = np.full((len(images), 4), np.nan, np.float32)
     for i in np.nonzero(np.isin(sources, CROP_SOURCES))[0]:
-        sq = kiosk_square(detector, images[i])
+        sq = framing.kiosk_square(detector, images[i])
         if sq is not None:
             out[i] = sq
     return out

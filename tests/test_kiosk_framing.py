@@ -29,14 +29,14 @@ def test_the_photographed_cell_is_found_and_framed_as_the_kiosk_frames_it(detect
     for path in PBC_PHOTOS:
         photo = preprocess.read_rgb(str(path))
         h, w = photo.shape[:2]
-        sq = kiosk_framing.kiosk_square(detector, photo)
+        sq = framing.kiosk_square(detector, photo)
         if sq is None:
             continue
         cx, cy, side = kiosk_framing.augment_frame(sq)
         # the square sits on the photographed cell, which the dataset centres
         assert abs(cx - w / 2) <= framing.MAX_CENTRE_OFFSET * w
         assert abs(cy - h / 2) <= framing.MAX_CENTRE_OFFSET * h
-        crop = kiosk_framing.kiosk_crop(photo, sq)
+        crop = framing.kiosk_crop(photo, sq)
         assert crop.shape[:2] == (int(sq[3] - sq[1]), int(sq[2] - sq[0]))
         assert abs(crop.shape[0] - crop.shape[1]) <= 1  # square up to the rounding of square_box
         sides.append(side / w)
@@ -47,8 +47,8 @@ def test_the_photographed_cell_is_found_and_framed_as_the_kiosk_frames_it(detect
 
 def test_without_a_square_the_photo_is_used_as_it_is():
     photo = preprocess.read_rgb(str(PBC_PHOTOS[0]))
-    assert kiosk_framing.kiosk_crop(photo, None) is photo
-    assert kiosk_framing.kiosk_crop(photo, np.full(4, np.nan, np.float32)) is photo
+    assert framing.kiosk_crop(photo, None) is photo
+    assert framing.kiosk_crop(photo, np.full(4, np.nan, np.float32)) is photo
     assert kiosk_framing.augment_frame(np.full(4, np.nan, np.float32)) is None
 
 
