@@ -106,6 +106,23 @@ def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, s
     return out[:, ::-1].copy() if rng.random() < 0.5 else out
 
 
+def training_view(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0, scale=CROP_SCALE,
+                  shift: float = CROP_SHIFT, frame: tuple[float, float, float] | None = None,
+                  photometric_first: bool = False) -> np.ndarray:
+    """One training view of a labelled crop: ``crop_geometry`` and ``photometric``.
+
+    By default the photometric effects come after the zoom (how 1.5.0 was
+    trained). ``photometric_first`` applies them to the photo before the zoom,
+    the order of the field: the camera's optics and sensor form the image,
+    then the kiosk cuts the cell's square out of it and resizes it, enlarging
+    the noise grain and the blur with the cell.
+    """
+    if photometric_first:
+        img = photometric(img, rng, strength)
+    img = crop_geometry(img, rng, scale, shift, frame)
+    return img if photometric_first else photometric(img, rng, strength)
+
+
 def add_gaussian_noise(img: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
     """The evaluation protocol N = I + G*alpha (I in [0, 1], G ~ N(0, 1)), clipped."""
     x = img.astype(np.float32) / 255.0 + rng.standard_normal(img.shape).astype(np.float32) * alpha

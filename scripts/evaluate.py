@@ -288,6 +288,11 @@ def classifier_test_sets() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     return out
 
 
+def split_crops(src: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The labelled crops of one source and split, with their labels."""
+    return all_source_crops(src, (split,))
+
+
 def all_source_crops(src: str, splits=("train", "val", "test")) -> tuple[list[np.ndarray], np.ndarray]:
     d = data.load("cls")
     m = (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)
@@ -361,12 +366,18 @@ def eval_noise(runners, dets, crops, truth, seed=0) -> dict:
         clf, det = runners[runner], dets[runner] if framed else None
         res[name] = {}
         for a in ALPHAS:
-            rng = np.random.default_rng(seed)
-            noisy = [augment.add_gaussian_noise(c, a, rng) if a > 0 else c for c in crops]
-            seen = classify_framed(det, noisy) if det is not None else noisy
-            res[name][str(a)] = classification_metrics(truth, run_classifier(clf, seen))["five_class_accuracy"]
+            res[name][str(a)] = noisy_five_class(clf, det, crops, truth, a, seed)
             logger.info("noise alpha %.2f %s: %.4f", a, name, res[name][str(a)])
     return res
+
+
+def noisy_five_class(clf, det, crops, truth, alpha: float, seed: int = 0) -> float:
+    """Five-class accuracy under N = I + G*alpha added to each image as given, which detector ``det``
+    then frames as ``classify`` does (``det`` None: classified as given, ``classify --as-given``)."""
+    rng = np.random.default_rng(seed)
+    noisy = [augment.add_gaussian_noise(c, alpha, rng) if alpha > 0 else c for c in crops]
+    seen = classify_framed(det, noisy) if det is not None else noisy
+    return classification_metrics(truth, run_classifier(clf, seen))["five_class_accuracy"]
 
 
 def eval_detectors(runners, sets, threshold: float) -> dict:

@@ -18,7 +18,10 @@ No test split is read. Each folder is run through the product's own INT8 path
   framing, which is what ``wbc-counter classify`` sees since it frames the cell;
 - ``pooled_classify`` / ``pooled_photo``: five-class accuracy over every val
   crop of PBC, Raabin, Chula and BCCD, framed as ``classify`` frames them, and
-  as given (``classify --as-given``).
+  as given (``classify --as-given``);
+- ``pbc_noise35_classify`` / ``pbc_noise35_photo``: five-class accuracy on PBC
+  val photos under Gaussian noise alpha 0.35 (the evaluation's protocol, added
+  to the photo as stored), framed as ``classify`` frames them, and as given.
 
 The decision rule itself is written down, before a candidate is scored, in
 ``models/training/`` (one file per candidate).
@@ -38,13 +41,19 @@ sys.path.insert(0, str(ROOT))
 from edge_app.inference import Manifest  # noqa: E402
 from scripts import evaluate  # noqa: E402
 
+NOISE_ALPHA = 0.35  # the noise target is set at this alpha
+
 
 def score(model_dir: Path) -> dict:
     manifest = Manifest.load(model_dir)
     clf = evaluate.classifier_runners(manifest)["tflite_int8"]
     det = evaluate.detector_runners(manifest)["tflite_int8"]
-    return summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val"),
-                     evaluate.eval_end_to_end_val(det, clf, evaluate.THRESHOLD))
+    row = summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val"),
+                    evaluate.eval_end_to_end_val(det, clf, evaluate.THRESHOLD))
+    crops, truth = evaluate.split_crops("pbc", "val")
+    row["pbc_noise35_classify"] = evaluate.noisy_five_class(clf, det, crops, truth, NOISE_ALPHA)
+    row["pbc_noise35_photo"] = evaluate.noisy_five_class(clf, None, crops, truth, NOISE_ALPHA)
+    return row
 
 
 def summarise(version: str, kiosk: dict, e2e: dict) -> dict:

@@ -114,14 +114,22 @@ class CropSet(Dataset):
     shifted by up to ``shift`` of its side (how far a detector's box strays
     from the annotated one), then photometrically augmented. With ``frames``
     (kiosk squares, ``scripts.kiosk_framing``), a single-cell photo is framed as
-    the kiosk frames a detected cell with probability ``kiosk_framing``."""
+    the kiosk frames a detected cell with probability ``kiosk_framing``.
+
+    ``photometric_first``: the camera's stain, lamp, optics and sensor effects
+    are applied to the photo *before* the kiosk's framing zooms it, as they
+    happen in the field (the camera forms the image, then the kiosk cuts and
+    resizes the cell). Applied after the zoom, a framed PBC photo's noise grain
+    is about 1.9 times finer than the kiosk ever sees (MODEL_CARD.md, "Noise
+    and the kiosk's framing")."""
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
                  scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT, frames=None,
-                 kiosk_framing: float = 0.0):
+                 kiosk_framing: float = 0.0, photometric_first: bool = False):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
         self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
         self.frames, self.kiosk_framing = frames, kiosk_framing
+        self.photometric_first = photometric_first
 
     def __len__(self):
         return len(self.images)
@@ -134,8 +142,8 @@ class CropSet(Dataset):
             # No draw when off, so runs without kiosk framing replay exactly.
             if self.kiosk_framing > 0 and np.isfinite(self.frames[i, 0]) and rng.random() < self.kiosk_framing:
                 frame = kiosk_framing.augment_frame(self.frames[i])
-            img = augment.crop_geometry(img, rng, self.scale, self.shift, frame)
-            img = augment.photometric(img, rng, self.strength)
+            img = augment.training_view(img, rng, self.strength, self.scale, self.shift, frame,
+                                        self.photometric_first)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i]), i  # the index finds the crop's teacher target
 
@@ -236,7 +244,7 @@ def train_classifier(args, device) -> dict:
         teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source).to(device)
     frames = kiosk_framing.load(d["keys"])[tr] if args.kiosk_framing > 0 else None
     train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
-                        args.crop_scale, args.crop_shift, frames, args.kiosk_framing)
+                        args.crop_scale, args.crop_shift, frames, args.kiosk_framing, args.photometric_first)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
@@ -475,7 +483,8 @@ def disable_background_normalisation() -> None:
 DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
-                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5),
+                       crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
+                       photometric_first=False),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
@@ -513,6 +522,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kiosk-framing", type=float,
                     help="classifier: share of single-cell photos framed as the kiosk frames a detected cell "
                          "(needs python -m scripts.kiosk_framing; 0 = photos as stored)")
+    ap.add_argument("--photometric-first", action="store_true", default=None,
+                    help="classifier: apply the stain/camera/optics/sensor augmentation before the crop's zoom "
+                         "(as a camera forms the image before the kiosk cuts it), not after")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--workers", type=int, default=2)
