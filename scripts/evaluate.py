@@ -288,11 +288,6 @@ def classifier_test_sets() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     return out
 
 
-def split_crops(src: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """The labelled crops of one source and split, with their labels."""
-    return all_source_crops(src, (split,))
-
-
 def all_source_crops(src: str, splits=("train", "val", "test")) -> tuple[list[np.ndarray], np.ndarray]:
     d = data.load("cls")
     m = (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)

@@ -50,7 +50,7 @@ def score(model_dir: Path) -> dict:
     det = evaluate.detector_runners(manifest)["tflite_int8"]
     row = summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val"),
                     evaluate.eval_end_to_end_val(det, clf, evaluate.THRESHOLD))
-    crops, truth = evaluate.split_crops("pbc", "val")
+    crops, truth = evaluate.all_source_crops("pbc", ("val",))
     row["pbc_noise35_classify"] = evaluate.noisy_five_class(clf, det, crops, truth, NOISE_ALPHA)
     row["pbc_noise35_photo"] = evaluate.noisy_five_class(clf, None, crops, truth, NOISE_ALPHA)
     return row
