@@ -116,8 +116,8 @@ class CropSet(Dataset):
     (kiosk squares, ``scripts.kiosk_framing``), a single-cell photo is framed as
     the kiosk frames a detected cell with probability ``kiosk_framing``.
 
-    ``photometric_first``: the camera's stain, lamp, optics and sensor effects
-    are applied to the photo *before* the kiosk's framing zooms it, as they
+    ``photometric_first``: the share of crops whose stain, lamp, optics and
+    sensor effects are applied to the photo *before* the kiosk's framing zooms it, as they
     happen in the field (the camera forms the image, then the kiosk cuts and
     resizes the cell). Applied after the zoom, a framed PBC photo's noise grain
     is about 1.9 times finer than the kiosk ever sees (MODEL_CARD.md, "Noise
@@ -125,7 +125,7 @@ class CropSet(Dataset):
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
                  scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT, frames=None,
-                 kiosk_framing: float = 0.0, photometric_first: bool = False):
+                 kiosk_framing: float = 0.0, photometric_first: float = 0.0):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
         self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
         self.frames, self.kiosk_framing = frames, kiosk_framing
@@ -142,8 +142,10 @@ class CropSet(Dataset):
             # No draw when off, so runs without kiosk framing replay exactly.
             if self.kiosk_framing > 0 and np.isfinite(self.frames[i, 0]) and rng.random() < self.kiosk_framing:
                 frame = kiosk_framing.augment_frame(self.frames[i])
-            img = augment.training_view(img, rng, self.strength, self.scale, self.shift, frame,
-                                        self.photometric_first)
+            # No draw at 0 or 1, so 1.5.0 (0) and runs/cls_pf (1) replay exactly.
+            first = self.photometric_first >= 1 or (self.photometric_first > 0
+                                                    and rng.random() < self.photometric_first)
+            img = augment.training_view(img, rng, self.strength, self.scale, self.shift, frame, first)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i]), i  # the index finds the crop's teacher target
 
@@ -484,7 +486,7 @@ DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
-                       photometric_first=False),
+                       photometric_first=0.0),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
@@ -522,9 +524,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kiosk-framing", type=float,
                     help="classifier: share of single-cell photos framed as the kiosk frames a detected cell "
                          "(needs python -m scripts.kiosk_framing; 0 = photos as stored)")
-    ap.add_argument("--photometric-first", action="store_true", default=None,
-                    help="classifier: apply the stain/camera/optics/sensor augmentation before the crop's zoom "
-                         "(as a camera forms the image before the kiosk cuts it), not after")
+    ap.add_argument("--photometric-first", type=float, nargs="?", const=1.0, metavar="SHARE",
+                    help="classifier: share of crops (no value: all) whose stain/camera/optics/sensor augmentation "
+                         "comes before the crop's zoom, as a camera forms the image before the kiosk cuts it")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--workers", type=int, default=2)
