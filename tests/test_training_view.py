@@ -48,3 +48,25 @@ def test_without_photometric_first_the_order_is_1_5_0s():
     rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
     expected = augment.photometric(augment.crop_geometry(photo, rng_a, frame=frame), rng_a)
     assert np.array_equal(augment.training_view(photo, rng_b, frame=frame), expected)
+
+
+def test_crop_set_at_share_0_and_1_replays_1_5_0_and_runs_cls_pf():
+    # Training needs PyTorch, which CI does not install: skipped there, run where training is set up.
+    import pytest
+
+    pytest.importorskip("torch")
+    train = pytest.importorskip("scripts.train")
+    from edge_app import preprocess
+    from scripts import kiosk_framing
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (4, 128, 128, 3), dtype=np.uint8)
+    frames = np.tile(np.array([[30.0, 30.0, 100.0, 100.0]], np.float32), (4, 1))
+    for share, first in ((0.0, False), (1.0, True)):
+        ds = train.CropSet(images, np.zeros(4, int), True, 3, frames=frames, kiosk_framing=0.5,
+                           photometric_first=share)
+        for i in range(4):
+            r = train._worker_rng(3, i)
+            frame = kiosk_framing.augment_frame(frames[i]) if r.random() < 0.5 else None
+            view = augment.training_view(images[i], r, 1.0, augment.CROP_SCALE, augment.CROP_SHIFT, frame, first)
+            assert np.array_equal(ds[i][0].numpy(), preprocess.classifier_input(view)[0])
