@@ -117,11 +117,11 @@ class CropSet(Dataset):
     the kiosk frames a detected cell with probability ``kiosk_framing``.
 
     ``photometric_first``: the share of crops whose stain, lamp, optics and
-    sensor effects are applied to the photo *before* the kiosk's framing zooms it, as they
-    happen in the field (the camera forms the image, then the kiosk cuts and
-    resizes the cell). Applied after the zoom, a framed PBC photo's noise grain
-    is about 1.9 times finer than the kiosk ever sees (MODEL_CARD.md, "Noise
-    and the kiosk's framing")."""
+    sensor effects are applied to the photo *before* the kiosk's framing zooms
+    it, as they happen in the field (the camera forms the image, then the kiosk
+    cuts and resizes the cell). Applied after the zoom, a framed PBC photo's
+    noise grain is about 1.9 times finer than the kiosk ever sees
+    (MODEL_CARD.md, "Noise and the kiosk's framing")."""
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
                  scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT, frames=None,
