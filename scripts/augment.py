@@ -59,10 +59,16 @@ def optics(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def sensor(img: np.ndarray, rng: np.random.Generator, noise_p: float = 0.5, max_alpha: float = 0.4) -> np.ndarray:
+def sensor(img: np.ndarray, rng: np.random.Generator, noise_p: float = 0.5, max_alpha: float = 0.4,
+           noise_grid=None) -> np.ndarray:
+    """Sensor noise and JPEG. ``noise_grid`` = (shape, warp): the noise is drawn on
+    a camera pixel grid of that shape and ``warp`` maps it onto this view (the
+    view's zoom enlarges its grain); None draws it on the view's own pixels."""
     if rng.random() < noise_p:
         alpha = rng.uniform(0.02, max_alpha)
-        x = img.astype(np.float32) + rng.standard_normal(img.shape).astype(np.float32) * (alpha * 255.0)
+        shape, warp = noise_grid if noise_grid is not None else (img.shape, None)
+        noise = rng.standard_normal(shape).astype(np.float32) * (alpha * 255.0)
+        x = img.astype(np.float32) + (noise if warp is None else warp(noise))
         img = np.clip(x, 0, 255).astype(np.uint8)
     if rng.random() < 0.4:
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
@@ -71,13 +77,13 @@ def sensor(img: np.ndarray, rng: np.random.Generator, noise_p: float = 0.5, max_
     return img
 
 
-def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0, noise_grid=None) -> np.ndarray:
     if strength <= 0:
         return img
     img = hed_jitter(img, rng, sigma=0.25 * strength, bias=0.05 * strength)
     img = camera(img, rng)
     img = optics(img, rng)
-    return sensor(img, rng)
+    return sensor(img, rng, noise_grid=noise_grid)
 
 
 # Zoom range and shift (fraction of the side) of a training crop: about how far
@@ -86,41 +92,59 @@ CROP_SCALE = (0.85, 1.2)
 CROP_SHIFT = 0.06
 
 
-def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, shift: float = CROP_SHIFT,
-                  frame: tuple[float, float, float] | None = None) -> np.ndarray:
-    """Rotation by any angle (cells have no 'up'), flips, zoom, small shifts.
+def view_geometry(shape, rng: np.random.Generator, scale=CROP_SCALE, shift: float = CROP_SHIFT,
+                  frame: tuple[float, float, float] | None = None) -> tuple[np.ndarray, bool]:
+    """The affine matrix and mirror of one training view of a photo of ``shape``:
+    rotation by any angle (cells have no 'up'), zoom, small shifts, flips.
 
     ``frame`` = (cx, cy, side): the square the kiosk would cut around this
     cell (``kiosk_square``). Given, the crop is centred on it and zoomed so it
     fills the output, then jittered as usual: a single-cell dataset's photo is
     framed as the kiosk frames a detected cell.
     """
-    h, w = img.shape[:2]
+    h, w = shape[:2]
     cx, cy, zoom = w / 2, h / 2, 1.0
     if frame is not None:
         cx, cy, zoom = frame[0], frame[1], w / max(frame[2], 1.0)
     m = cv2.getRotationMatrix2D((cx, cy), rng.uniform(0, 360), rng.uniform(*scale) * zoom)
     m[:, 2] += (w / 2 - cx, h / 2 - cy)  # move the cell's centre to the crop's centre
     m[:, 2] += rng.uniform(-shift, shift, 2) * (w, h)
+    return m, bool(rng.random() < 0.5)
+
+
+def warp_view(img: np.ndarray, m: np.ndarray, flip: bool) -> np.ndarray:
+    """Apply a ``view_geometry`` to an image (uint8) or a noise field (float32)."""
+    h, w = img.shape[:2]
     out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    return out[:, ::-1].copy() if rng.random() < 0.5 else out
+    return out[:, ::-1].copy() if flip else out
+
+
+def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, shift: float = CROP_SHIFT,
+                  frame: tuple[float, float, float] | None = None) -> np.ndarray:
+    """One random ``view_geometry`` applied to ``img``."""
+    return warp_view(img, *view_geometry(img.shape, rng, scale, shift, frame))
 
 
 def training_view(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0, scale=CROP_SCALE,
                   shift: float = CROP_SHIFT, frame: tuple[float, float, float] | None = None,
-                  photometric_first: bool = False) -> np.ndarray:
+                  photometric_first: bool = False, noise_at_source: bool = False) -> np.ndarray:
     """One training view of a labelled crop: ``crop_geometry`` and ``photometric``.
 
     By default the photometric effects come after the zoom (how 1.5.0 was
     trained). ``photometric_first`` applies them to the photo before the zoom,
     the order of the field: the camera's optics and sensor form the image,
     then the kiosk cuts the cell's square out of it and resizes it, enlarging
-    the noise grain and the blur with the cell.
+    the noise grain and the blur with the cell. ``noise_at_source`` moves only
+    the sensor noise there: it is drawn on the photo's pixels and warped with
+    the view, so its grain is the camera's, while stain, lamp, blur and JPEG
+    stay where 1.5.0 had them. It draws the same random numbers as the default,
+    so a view without noise is 1.5.0's view.
     """
     if photometric_first:
-        img = photometric(img, rng, strength)
-    img = crop_geometry(img, rng, scale, shift, frame)
-    return img if photometric_first else photometric(img, rng, strength)
+        return crop_geometry(photometric(img, rng, strength), rng, scale, shift, frame)
+    m, flip = view_geometry(img.shape, rng, scale, shift, frame)
+    grid = (img.shape, lambda noise: warp_view(noise, m, flip)) if noise_at_source else None
+    return photometric(warp_view(img, m, flip), rng, strength, grid)
 
 
 def add_gaussian_noise(img: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:

@@ -121,15 +121,19 @@ class CropSet(Dataset):
     it, as they happen in the field (the camera forms the image, then the kiosk
     cuts and resizes the cell). Applied after the zoom, a framed PBC photo's
     noise grain is about 1.9 times finer than the kiosk ever sees
-    (MODEL_CARD.md, "Noise and the kiosk's framing")."""
+    (MODEL_CARD.md, "Noise and the kiosk's framing").
+
+    ``noise_at_source``: only the sensor noise is drawn on the photo's pixels
+    and warped with the crop's zoom (``augment.training_view``); everything
+    else stays after the zoom, as in 1.5.0."""
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
                  scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT, frames=None,
-                 kiosk_framing: float = 0.0, photometric_first: float = 0.0):
+                 kiosk_framing: float = 0.0, photometric_first: float = 0.0, noise_at_source: bool = False):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
         self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
         self.frames, self.kiosk_framing = frames, kiosk_framing
-        self.photometric_first = photometric_first
+        self.photometric_first, self.noise_at_source = photometric_first, noise_at_source
 
     def __len__(self):
         return len(self.images)
@@ -145,7 +149,8 @@ class CropSet(Dataset):
             # No draw at 0 or 1, so 1.5.0 (0) and runs/cls_pf (1) replay exactly.
             first = self.photometric_first >= 1 or (self.photometric_first > 0
                                                     and rng.random() < self.photometric_first)
-            img = augment.training_view(img, rng, self.strength, self.scale, self.shift, frame, first)
+            img = augment.training_view(img, rng, self.strength, self.scale, self.shift, frame, first,
+                                        self.noise_at_source)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i]), i  # the index finds the crop's teacher target
 
@@ -246,7 +251,8 @@ def train_classifier(args, device) -> dict:
         teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source).to(device)
     frames = kiosk_framing.load(d["keys"])[tr] if args.kiosk_framing > 0 else None
     train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
-                        args.crop_scale, args.crop_shift, frames, args.kiosk_framing, args.photometric_first)
+                        args.crop_scale, args.crop_shift, frames, args.kiosk_framing, args.photometric_first,
+                        args.noise_at_source)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
@@ -486,7 +492,7 @@ DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
-                       photometric_first=0.0),
+                       photometric_first=0.0, noise_at_source=False),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
@@ -527,6 +533,9 @@ def main(argv=None) -> int:
     ap.add_argument("--photometric-first", type=float, nargs="?", const=1.0, metavar="SHARE",
                     help="classifier: share of crops (no value: all) whose stain/camera/optics/sensor augmentation "
                          "comes before the crop's zoom, as a camera forms the image before the kiosk cuts it")
+    ap.add_argument("--noise-at-source", action="store_const", const=True,
+                    help="classifier: draw the sensor noise on the photo's pixels and zoom it with the crop "
+                         "(the camera's grain); the other effects stay after the zoom")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--workers", type=int, default=2)

@@ -20,12 +20,12 @@ def _grain(view: np.ndarray) -> float:
     return float((x[:, 1:] * x[:, :-1]).mean() / max((x * x).mean(), 1e-6))
 
 
-def _views(photometric_first: bool, frame) -> list[np.ndarray]:
+def _views(photometric_first: bool, frame, noise_at_source: bool = False) -> list[np.ndarray]:
     out = []
     flat = np.full((128, 128, 3), 170, np.uint8)
     for seed in range(60):
         rng = np.random.default_rng(seed)
-        view = augment.training_view(flat, rng, 1.0, (1.0, 1.0), 0.0, frame, photometric_first)
+        view = augment.training_view(flat, rng, 1.0, (1.0, 1.0), 0.0, frame, photometric_first, noise_at_source)
         if view[..., 1].std() > 15:  # this draw added strong noise (the others are mostly smooth casts)
             out.append(view)
     return out
@@ -40,6 +40,20 @@ def test_noise_added_before_the_framing_zoom_is_enlarged_with_the_cell():
     # noise enlarged twice by the zoom's interpolation has a lot
     assert np.median([_grain(v) for v in after]) < 0.35
     assert np.median([_grain(v) for v in before]) > 0.6
+
+
+def test_noise_at_source_is_enlarged_with_the_cell_and_nothing_else_moves():
+    frame = (64.0, 64.0, 64.0)
+    assert np.median([_grain(v) for v in _views(False, frame, noise_at_source=True)]) > 0.6
+    # the same random numbers as 1.5.0's order: a view whose draw added no noise is 1.5.0's view
+    photo = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    same = differ = 0
+    for seed in range(40):
+        a = augment.training_view(photo, np.random.default_rng(seed), frame=frame)
+        b = augment.training_view(photo, np.random.default_rng(seed), frame=frame, noise_at_source=True)
+        same += int(np.array_equal(a, b))
+        differ += int(not np.array_equal(a, b) and np.abs(a.astype(int) - b).mean() > 1)
+    assert same >= 10 and differ >= 10 and same + differ == 40
 
 
 def test_without_photometric_first_the_order_is_1_5_0s():
