@@ -2,7 +2,8 @@
 
     python -m scripts.data                      # once: index + cache ../shared/datasets
     python -m scripts.kiosk_framing             # once: the kiosk's square around each single-cell photo's cell
-    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz  # shipped (1.5.0)
+    # shipped (1.6.0):
+    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz --noise-at-source
     python -m scripts.train detector   --out runs/det
     python -m scripts.train classifier --exclude-source chula --out runs/loso_chula   # leave-one-source-out
 
