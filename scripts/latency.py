@@ -1,6 +1,6 @@
 """Median inference latency of the shipped models on this CPU (model card figure).
 
-    python scripts/latency.py [--runs 200] [--threads 2]
+    python scripts/latency.py [--runs 200] [--threads 2] [--model-dir models]
 
 Times ``Backend.infer`` alone (quantise, invoke, dequantise) of each network
 and precision through the product's TFLite backend, after warm-up, on a real
@@ -31,14 +31,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model-dir", type=Path, default=ROOT / "models",
+                    help="an exported model folder (e.g. an older version, to compare on the same machine)")
     args = ap.parse_args(argv)
-    m = Manifest.load(ROOT / "models")
+    m = Manifest.load(args.model_dir)
     calib = json.loads((ROOT / "calibration" / "manifest.json").read_text())
     crop = preprocess.read_rgb(str(ROOT / "calibration" / calib["crops"][0]["file"]))
     frame = preprocess.read_rgb(str(ROOT / "calibration" / calib["frames"][0]["file"]))
     inputs = {"classifier": preprocess.model_input("classifier", crop, m.stain_norm),
               "detector": preprocess.model_input("detector", frame)}
-    out = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "runs": args.runs, "ms": {}}
+    out = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "runs": args.runs,
+           "model_version": m.version, "ms": {}}
     for net, x in inputs.items():
         for precision in ("int8", "fp32"):
             b = TFLiteBackend(m.file(net, f"tflite_{precision}"), m.output_shapes(net), threads=args.threads)
