@@ -2,8 +2,7 @@
 
     python -m scripts.data                      # once: index + cache ../shared/datasets
     python -m scripts.kiosk_framing             # once: the kiosk's square around each single-cell photo's cell
-    # shipped (1.6.0):
-    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz --noise-at-source
+    python -m scripts.train classifier --out runs/cls --teacher models/training/teacher_probs.npz  # shipped (1.6.0)
     python -m scripts.train detector   --out runs/det
     python -m scripts.train classifier --exclude-source chula --out runs/loso_chula   # leave-one-source-out
 
@@ -493,7 +492,7 @@ DEFAULTS = {
     # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
-                       photometric_first=0.0, noise_at_source=False),
+                       photometric_first=0.0, noise_at_source=True),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
 }
 
@@ -534,9 +533,10 @@ def main(argv=None) -> int:
     ap.add_argument("--photometric-first", type=float, nargs="?", const=1.0, metavar="SHARE",
                     help="classifier: share of crops (no value: all) whose stain/camera/optics/sensor augmentation "
                          "comes before the crop's zoom, as a camera forms the image before the kiosk cuts it")
-    ap.add_argument("--noise-at-source", action="store_const", const=True,
+    ap.add_argument("--noise-at-source", action=argparse.BooleanOptionalAction,
                     help="classifier: draw the sensor noise on the photo's pixels and zoom it with the crop "
-                         "(the camera's grain); the other effects stay after the zoom")
+                         "(the camera's grain; the default since 1.6.0); --no-noise-at-source draws it on the "
+                         "crop after the zoom, as every run before 1.6.0 did")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--workers", type=int, default=2)
