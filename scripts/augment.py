@@ -138,7 +138,8 @@ def training_view(img: np.ndarray, rng: np.random.Generator, strength: float = 1
     the sensor noise there: it is drawn on the photo's pixels and warped with
     the view, so its grain is the camera's, while stain, lamp, blur and JPEG
     stay where 1.5.0 had them. It draws the same random numbers as the default,
-    so a view without noise is 1.5.0's view.
+    so a view without noise is 1.5.0's view. With ``photometric_first`` it has
+    nothing to add (all the noise is already drawn before the zoom).
     """
     if photometric_first:
         return crop_geometry(photometric(img, rng, strength), rng, scale, shift, frame)
