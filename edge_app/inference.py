@@ -154,10 +154,11 @@ class Detector:
     @classmethod
     def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
                      flip: bool | None = None) -> "Detector":
-        """The detector as its manifest says it was validated (stride, mirrored second pass)."""
+        """The detector as its manifest says it was validated (stride, mirrored second pass, box vote;
+        manifests before ``box_vote`` was recorded all voted)."""
         entry = manifest.entry("detector")
         flip = bool(entry.get("tta_flip", False)) if flip is None else flip
-        return cls(backend, int(entry["stride"]), threshold, flip=flip)
+        return cls(backend, int(entry["stride"]), threshold, flip=flip, vote=bool(entry.get("box_vote", True)))
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network input -> (H, W) heatmap and (H, W, 4) ltrb, mirror-averaged when ``flip``."""

@@ -54,7 +54,10 @@ def load_net(kind: str, ckpt: str) -> Deployable:
     if kind == "classifier" and tuple(state.get("input_size", (96, 96))) != preprocess.CLASSIFIER_SIZE:
         raise SystemExit(f"{ckpt} was trained on {state.get('input_size', (96, 96))} crops but "
                          f"edge_app.preprocess.CLASSIFIER_SIZE is {preprocess.CLASSIFIER_SIZE}")
-    net = (Classifier if kind == "classifier" else Detector)(width=state["width"])
+    if kind == "classifier":
+        net = Classifier(width=state["width"])
+    else:  # checkpoints before the stride option were all stride 16
+        net = Detector(width=state["width"], stride=int(state.get("stride", 16)))
     net.load_state_dict(state["state_dict"])
     return Deployable(net).eval()
 
@@ -243,6 +246,9 @@ def main(argv=None) -> int:
                          "see the TTA table of models/EVALUATION.md)")
     ap.add_argument("--no-detector-flip", action="store_true",
                     help="do not record tta_flip (the detector's mirrored second pass, chosen on the val frames)")
+    ap.add_argument("--no-box-vote", action="store_true",
+                    help="decode each peak's own box instead of the heat-weighted vote of its 3x3 neighbours "
+                         "(box_vote in the manifest, chosen on the val frames)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
@@ -275,8 +281,10 @@ def main(argv=None) -> int:
         }
     entries.update(kept)
     entries = {k: entries[k] for k in ("classifier", "detector")}  # the manifest's usual order
-    entries["detector"]["stride"] = Detector.STRIDE
+    if "detector" in models:  # a kept detector keeps its manifest's stride
+        entries["detector"]["stride"] = models["detector"].net.stride
     entries["detector"]["tta_flip"] = not args.no_detector_flip
+    entries["detector"]["box_vote"] = not args.no_box_vote
     entries["classifier"]["attention_stride"] = 16
     entries["classifier"]["tta_views"] = args.tta_views
     entries["classifier"]["preprocess"] = {"stain_norm": stain_norm, "stain_od_target": preprocess.STAIN_OD_TARGET,

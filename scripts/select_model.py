@@ -21,7 +21,10 @@ No test split is read. Each folder is run through the product's own INT8 path
   as given (``classify --as-given``);
 - ``pbc_noise35_classify`` / ``pbc_noise35_photo``: five-class accuracy on PBC
   val photos under Gaussian noise alpha 0.35 (the evaluation's protocol, added
-  to the photo as stored), framed as ``classify`` frames them, and as given.
+  to the photo as stored), framed as ``classify`` frames them, and as given;
+- ``det_ap50`` / ``det_ap75``: the INT8 detector's AP at IoU 0.5 and 0.75 on
+  the val frames of each camera, decoded as the manifest says (box vote,
+  mirrored pass), and ``det_ap50_mean`` / ``det_ap75_mean`` over the cameras.
 
 The decision rule itself is written down, before a candidate is scored, in
 ``models/training/`` (one file per candidate).
@@ -35,11 +38,13 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app.inference import Manifest  # noqa: E402
-from scripts import evaluate  # noqa: E402
+from scripts import data, evaluate  # noqa: E402
 
 NOISE_ALPHA = 0.35  # the issue's noise target is set at this alpha
 
@@ -53,7 +58,23 @@ def score(model_dir: Path) -> dict:
     crops, truth = evaluate.all_source_crops("pbc", ("val",))
     row["pbc_noise35_classify"] = evaluate.noisy_five_class(clf, det, crops, truth, NOISE_ALPHA)
     row["pbc_noise35_photo"] = evaluate.noisy_five_class(clf, None, crops, truth, NOISE_ALPHA)
+    row.update(detector_val_ap(det))
     return row
+
+
+def detector_val_ap(det) -> dict:
+    """AP at IoU 0.5 and 0.75 per camera on the val frames (0.75: how tight the boxes are)."""
+    d = data.load("det")
+    out = {"det_ap50": {}, "det_ap75": {}}
+    for src in ("bccd", "chula", "txl_pbc"):
+        ix = np.nonzero((d["sources"] == src) & (d["splits"] == "val"))[0]
+        dets = [evaluate.detect_arrays(det, d["frames"][i]) for i in ix]
+        gts = [d["boxes"][i].reshape(-1, 4) for i in ix]
+        for iou in (50, 75):
+            out[f"det_ap{iou}"][src] = evaluate.average_precision(dets, gts, iou / 100)["ap50"]
+    for iou in (50, 75):
+        out[f"det_ap{iou}_mean"] = float(np.mean(list(out[f"det_ap{iou}"].values())))
+    return out
 
 
 def summarise(version: str, kiosk: dict, e2e: dict) -> dict:

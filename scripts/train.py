@@ -370,11 +370,11 @@ def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
 
 class FrameSet(Dataset):
     def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0,
-                 keep_visible: float = KEEP_VISIBLE):
+                 keep_visible: float = KEEP_VISIBLE, stride: int = 16):
         self.frames, self.boxes, self.train, self.seed, self.strength = frames, boxes, train, seed, strength
-        self.keep_visible = keep_visible
+        self.keep_visible, self.stride = keep_visible, stride
         w, h = preprocess.DETECTOR_SIZE
-        self.grid = (h // Detector.STRIDE, w // Detector.STRIDE)
+        self.grid = (-(-h // stride), -(-w // stride))  # ceil: the network's own output grid
 
     def __len__(self):
         return len(self.frames)
@@ -387,7 +387,7 @@ class FrameSet(Dataset):
             img = augment.photometric(img, rng, self.strength)
         x, lb = preprocess.detector_input(img)
         b = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
-        heat, ltrb, mask = detector_targets(b, self.grid, Detector.STRIDE)
+        heat, ltrb, mask = detector_targets(b, self.grid, self.stride)
         return torch.from_numpy(x[0]), torch.from_numpy(heat), torch.from_numpy(ltrb), torch.from_numpy(mask)
 
 
@@ -433,7 +433,7 @@ def detector_val_ap(model, frames, boxes, device) -> float:
         heat, ltrb = model(to_network_input(torch.from_numpy(x).to(device)))
         heat = torch.sigmoid(heat)[0, 0].cpu().numpy()
         ltrb = ltrb[0].permute(1, 2, 0).cpu().numpy()
-        pred, scores = decode_detections(heat, ltrb, Detector.STRIDE, 0.05, 0.4)
+        pred, scores = decode_detections(heat, ltrb, model.stride, 0.05, 0.4)
         dets.append((lb.to_frame(pred), scores))
     return average_precision(dets, [g.reshape(-1, 4) for g in boxes])["ap50"]
 
@@ -448,13 +448,14 @@ def train_detector(args, device) -> dict:
         if m.any():
             w[m] = share / m.sum()
     idx = np.nonzero(tr)[0]
-    train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug, args.keep_visible)
+    train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug, args.keep_visible,
+                         args.stride)
     sampler = WeightedRandomSampler(torch.from_numpy(w[idx]), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers, drop_last=True,
                         persistent_workers=args.workers > 0)
     val = {src: np.nonzero((splits == "val") & (sources == src))[0] for src in DET_SOURCE_SHARE}
-    model = Detector(width=args.width).to(device)
+    model = Detector(width=args.width, stride=args.stride).to(device)
     opt, sched = make_optimiser(model, args)
     ema = averaged(model, args)
     best, history = -1.0, []
@@ -478,8 +479,8 @@ def train_detector(args, device) -> dict:
                     {k: round(v, 3) for k, v in rec.items()}, time.time() - t0)
         if score >= best:
             best = score
-            torch.save({"state_dict": scored.state_dict(), "width": args.width, "epoch": epoch + 1, "val": rec},
-                       Path(args.out) / "detector.pt")
+            torch.save({"state_dict": scored.state_dict(), "width": args.width, "stride": args.stride,
+                        "epoch": epoch + 1, "val": rec}, Path(args.out) / "detector.pt")
     return {"best_val_mean": best, "history": history}
 
 
@@ -493,7 +494,8 @@ DEFAULTS = {
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
                        photometric_first=0.0, noise_at_source=True),
-    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE),
+    "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE,
+                     stride=16),
 }
 
 
@@ -539,6 +541,8 @@ def main(argv=None) -> int:
                          "crop after the zoom, as every run before 1.6.0 did")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
+    ap.add_argument("--stride", type=int, choices=Detector.STRIDES,
+                    help="detector: output grid stride in input pixels (16 shipped until now; 8 for small cells)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

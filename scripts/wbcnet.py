@@ -4,9 +4,9 @@
   spatial-attention map of its last CBAM block (stride 16, 8x8), which the app
   shows as "why" at no extra inference cost.
 - ``Detector``: 320x240 frame -> CenterNet-style WBC centre heatmap and
-  FCOS-style (left, top, right, bottom) distances at stride 16, with the
-  stride-32 features added back in (a one-step FPN) so a cell that fills the
-  view is still seen whole.
+  FCOS-style (left, top, right, bottom) distances at stride 16 (or 8), with
+  the coarser features added back in top-down (an FPN) so a cell that fills
+  the view is still seen whole.
 - ``Deployable``: the export wrapper. It takes NHWC float32 pixels 0..255 (the
   output of ``edge_app.preprocess``), scales them in its stem convolution, and returns
   NHWC outputs with softmax/sigmoid applied, so ONNX (TensorRT) and TFLite see
@@ -96,13 +96,18 @@ class Backbone(nn.Module):
         self.cbam16 = CBAM(self.c16)
         self.cbam32 = CBAM(self.c32) if cbam_s32 else None
 
-    def forward(self, x):
+    def pyramid(self, x):
+        """Features at strides 8, 16 and 32, and the stride-16 spatial attention."""
         x = self.stem(x)
-        x, _ = self.cbam8(self.s8(x))
-        f16, sa16 = self.cbam16(self.s16(x))
+        f8, _ = self.cbam8(self.s8(x))
+        f16, sa16 = self.cbam16(self.s16(f8))
         f32 = self.s32(f16)
         if self.cbam32 is not None:
             f32, _ = self.cbam32(f32)
+        return f8, f16, f32, sa16
+
+    def forward(self, x):
+        _, f16, f32, sa16 = self.pyramid(x)
         return f16, f32, sa16
 
 
@@ -123,14 +128,27 @@ class Classifier(nn.Module):
         return self.fc(self.drop(feat)), sa
 
 
-class Detector(nn.Module):
-    STRIDE = 16
+def _up2(x, like):
+    """Exact 2x nearest upsampling, cropped to ``like`` (15 rows from 8 at 240 px high): the same
+    pixels as interpolate(size=...) but every converter (ONNX Resize, TFLite
+    RESIZE_NEAREST_NEIGHBOR) agrees on an integer factor."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")[:, :, :like.shape[-2], :like.shape[-1]]
 
-    def __init__(self, width: float = 0.35, head: int = 64):
+
+class Detector(nn.Module):
+    STRIDES = (16, 8)
+
+    def __init__(self, width: float = 0.35, head: int = 64, stride: int = 16):
         super().__init__()
+        if stride not in self.STRIDES:
+            raise ValueError(f"detector stride must be one of {self.STRIDES}, not {stride}")
+        self.stride = stride
         self.backbone = Backbone(width)
         self.lat16 = ConvBNReLU(self.backbone.c16, head, 1)
         self.lat32 = ConvBNReLU(self.backbone.c32, head, 1)
+        # stride 8: one more top-down step, so a cell a few grid cells wide (Chula's) gets
+        # its own peak and finer box votes; stride-16 checkpoints keep their exact keys
+        self.lat8 = ConvBNReLU(self.backbone.c8, head, 1) if stride == 8 else None
         self.tower = nn.Sequential(ConvBNReLU(head, head, 3, groups=head), ConvBNReLU(head, head, 1),
                                    ConvBNReLU(head, head, 3, groups=head), ConvBNReLU(head, head, 1))
         self.heat = nn.Conv2d(head, 1, 1)
@@ -138,12 +156,10 @@ class Detector(nn.Module):
         nn.init.constant_(self.heat.bias, -2.19)  # prior 0.1: stable focal-loss start
 
     def forward(self, x):
-        f16, f32, _ = self.backbone(x)
-        # Exact 2x nearest upsampling, then crop (15 rows from 8 at 240 px high):
-        # the same pixels as interpolate(size=...) but every converter (ONNX
-        # Resize, TFLite RESIZE_NEAREST_NEIGHBOR) agrees on an integer factor.
-        up = F.interpolate(self.lat32(f32), scale_factor=2.0, mode="nearest")
-        p = self.lat16(f16) + up[:, :, :f16.shape[-2], :f16.shape[-1]]
+        f8, f16, f32, _ = self.backbone.pyramid(x)
+        p = self.lat16(f16) + _up2(self.lat32(f32), f16)
+        if self.lat8 is not None:
+            p = self.lat8(f8) + _up2(p, f8)
         p = self.tower(p)
         return self.heat(p), F.relu(self.ltrb(p))
 

@@ -9,6 +9,7 @@ left/right distances breaks it).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,16 @@ def test_config_overrides_the_mirrored_pass(tmp_path):
     cfg.write_text("[model]\ndetector_flip = \"sometimes\"\n")
     with pytest.raises(ConfigError, match="detector_flip"):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("recorded, vote", [(None, True), (True, True), (False, False)])
+def test_manifest_switches_the_box_vote(recorded, vote):
+    # manifests before box_vote was recorded all voted; a detector validated without it says so
+    data = json.loads(json.dumps(Manifest.load().data))
+    entry = data["models"]["detector"]
+    entry.pop("box_vote", None)
+    if recorded is not None:
+        entry["box_vote"] = recorded
+    det = Detector.for_manifest(backend=None, manifest=Manifest(Path("."), data))
+    assert det.vote is vote
+    assert det.stride == entry["stride"]

@@ -1,0 +1,49 @@
+"""The detector's output stride (scripts/wbcnet.py, scripts/train.py --stride).
+
+Training needs PyTorch, which the runtime and CI do not install: these run
+where the training extra is installed and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+wbcnet = pytest.importorskip("scripts.wbcnet")
+train = pytest.importorskip("scripts.train")
+
+from edge_app.inference import decode_detections  # noqa: E402
+from edge_app.preprocess import DETECTOR_SIZE  # noqa: E402
+
+
+@pytest.mark.parametrize("stride", [16, 8])
+def test_output_grid_is_the_input_over_the_stride(stride):
+    w, h = DETECTOR_SIZE
+    heat, ltrb = wbcnet.Detector(stride=stride).eval()(torch.zeros(1, 3, h, w))
+    assert heat.shape == (1, 1, h // stride, w // stride)
+    assert ltrb.shape == (1, 4, h // stride, w // stride)
+    assert train.FrameSet([], [], False, 0, stride=stride).grid == (h // stride, w // stride)
+
+
+def test_stride_16_keeps_the_shipped_checkpoint_layout():
+    # checkpoints trained before the stride option must still load into Detector()
+    s16 = wbcnet.Detector(stride=16).state_dict().keys()
+    s8 = wbcnet.Detector(stride=8).state_dict().keys()
+    assert not any(k.startswith("lat8.") for k in s16)
+    assert set(s8) - set(s16) == {k for k in s8 if k.startswith("lat8.")} != set()
+    with pytest.raises(ValueError, match="stride must be one of"):
+        wbcnet.Detector(stride=4)
+
+
+@pytest.mark.parametrize("stride", [16, 8])
+def test_training_targets_decode_back_to_the_boxes(stride):
+    # two Chula-sized cells (26 px in the detector's input) side by side: the training targets,
+    # read back by the runtime's decoder at the peak cells, give both boxes back at either stride
+    boxes = np.array([[100, 100, 126, 126], [126, 102, 152, 128]], np.float32)
+    w, h = DETECTOR_SIZE
+    heat, ltrb, _ = train.detector_targets(boxes, (h // stride, w // stride), stride)
+    found, _ = decode_detections(heat, ltrb.transpose(1, 2, 0), stride, 0.5, 0.4, vote=False)
+    assert len(found) == 2
+    found = found[np.argsort(found[:, 0])]
+    assert np.abs(found - boxes).max() < 1e-3
