@@ -582,10 +582,14 @@ def write_report(r: dict, out: Path) -> None:
         for name, m in by.items():
             L.append(f"| {src} | {m['frames']} | {m['gt']} | {name} | {fmt(m['ap50'])} | {fmt(m['recall50'])}"
                      f" | {m['false_positives']} |")
-    if r.get("tta_flip"):
-        L += ["", "Every detector runtime decodes each peak's box as the heat-weighted vote of its 3x3 neighbours"
-              " and averages the frame with its mirror image (the manifest's `tta_flip`), both chosen on the val"
-              " frames below."]
+    if "box_vote" in r or "tta_flip" in r:
+        vote, flip = r.get("box_vote", True), r.get("tta_flip", False)
+        how = ("as the heat-weighted vote of its 3x3 neighbours" if vote else "as the peak cell's own box") + \
+            " (the manifest's `box_vote`)"
+        mirror = ("averages the frame with its mirror image" if flip else "runs the frame once, not mirrored") + \
+            " (the manifest's `tta_flip`)"
+        L += ["", f"Every detector runtime decodes each peak's box {how} and {mirror}, both chosen on the val"
+              f" frames below (stride {r.get('detector_stride', 16)} px)."]
     if r.get("decode_val"):
         srcs = list(next(iter(r["decode_val"].values())))
         L += ["", "### Detector decoding (val frames: how voting and `tta_flip` were chosen)", "",
@@ -702,6 +706,8 @@ def main(argv=None) -> int:
         r["tta_views"] = manifest.tta_views
         r["decode_val"] = eval_decode_val(det["tflite_int8"])
         r["tta_flip"] = bool(manifest.entry("detector").get("tta_flip", False))
+        r["box_vote"] = bool(manifest.entry("detector").get("box_vote", True))
+        r["detector_stride"] = int(manifest.entry("detector")["stride"])
     cmd = ("python -m scripts.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     earlier = r.get("command_loso", r.get("command"))
     r["command_loso" if args.skip_main else "command"] = cmd
