@@ -75,8 +75,14 @@ def _chula_rows():
     return rows
 
 
-def _txl_items():
-    out = []
+def _txl_items() -> tuple[list, int]:
+    """(split, image path, YOLO WBC boxes) per TXL-PBC frame, and how many repeated WBC lines were dropped.
+
+    A few label files repeat lines verbatim (test/4e2139d2-... lists its one
+    WBC six times, with its red cells twice): a box written twice is one cell,
+    so it is a target once, and a detector finding it is not charged five misses.
+    """
+    out, dropped = [], 0
     for split in SPLITS:
         for img in sorted((DATASETS / "txl_pbc" / "images" / split).glob("*.jpg")):
             lab = DATASETS / "txl_pbc" / "labels" / split / (img.stem + ".txt")
@@ -85,9 +91,13 @@ def _txl_items():
                 for line in lab.read_text().split("\n"):
                     parts = line.split()
                     if len(parts) == 5 and parts[0] == "0":
-                        boxes.append([float(v) for v in parts[1:]])
+                        box = [float(v) for v in parts[1:]]
+                        if box in boxes:
+                            dropped += 1
+                            continue
+                        boxes.append(box)
             out.append((split, img, boxes))
-    return out
+    return out, dropped
 
 
 def build_classifier_cache() -> dict:
@@ -126,7 +136,7 @@ def build_classifier_cache() -> dict:
     # Unlabelled WBCs from the other cameras of txl_pbc (not its PBC/Raabin
     # frames: those cameras are covered by labelled data, and PBC frames could
     # be the very cells of our PBC test split).
-    for split, img_path, boxes in _txl_items():
+    for split, img_path, boxes in _txl_items()[0]:
         if not boxes or split != "train":
             continue
         frame = _read(img_path)
@@ -171,7 +181,8 @@ def build_detector_cache() -> dict:
         splits.append(split_of("chula", image, rows[0]["slide"]))
         keys.append(image)
     dup = 0
-    for split, img_path, yolo in _txl_items():
+    txl, repeated = _txl_items()
+    for split, img_path, yolo in txl:
         frame = _read(img_path)
         # A txl_pbc frame that is a re-annotated BCCD frame takes the BCCD
         # frame's split, so neither test set leaks into the other's training.
@@ -188,13 +199,14 @@ def build_detector_cache() -> dict:
         sources.append("txl_pbc")
         splits.append(split)
         keys.append(f"{img_path.parent.name}/{img_path.name}")
-    logger.info("detector cache: %d frames (%d txl_pbc frames matched BCCD frames)", len(frames), dup)
+    logger.info("detector cache: %d frames (%d txl_pbc frames matched BCCD frames, %d repeated txl_pbc WBC "
+                "label lines dropped)", len(frames), dup, repeated)
     obj = np.empty(len(frames), dtype=object)
     obj[:] = frames
     bobj = np.empty(len(boxes), dtype=object)
     bobj[:] = boxes
     return dict(frames=obj, boxes=bobj, sources=np.array(sources), splits=np.array(splits), keys=np.array(keys),
-                bccd_duplicates=np.array(dup))
+                bccd_duplicates=np.array(dup), txl_repeated_dropped=np.array(repeated))
 
 
 def load(name: str) -> dict:
@@ -202,7 +214,11 @@ def load(name: str) -> dict:
     if not path.is_file():
         raise SystemExit(f"{path} missing: run `python -m scripts.data` first")
     with np.load(path, allow_pickle=True) as z:
-        return {k: z[k] for k in z.files}
+        d = {k: z[k] for k in z.files}
+    if name == "det" and "txl_repeated_dropped" not in d:
+        # built before repeated TXL-PBC label lines were dropped: its test figures would differ
+        raise SystemExit(f"{path} is out of date: run `python -m scripts.data --only det`")
+    return d
 
 
 def pack(dst: Path, pbc_quality: int = 75, other_quality: int = 85, splits=("train", "val")) -> None:
