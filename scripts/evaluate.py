@@ -23,6 +23,9 @@ Runtime for the FP32 and Q/DQ ONNX), so the numbers are the kiosk's numbers.
   beside the kiosk's framing of its cell (``classify``);
 - leave-one-source-out and lever study from PyTorch checkpoints (``--loso``,
   ``--levers``).
+
+This module runs the models on the data; the scoring functions are in
+``scripts.eval_metrics`` and the report writer in ``scripts.eval_report``.
 """
 
 from __future__ import annotations
@@ -45,14 +48,22 @@ from edge_app.config import ModelConfig  # noqa: E402
 from edge_app.inference import Classifier, Detector, Manifest  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
 from scripts import augment, data, kiosk_framing  # noqa: E402
+from scripts.eval_metrics import (  # noqa: E402, F401 (re-exported: select_model and tests score with these)
+    ALPHAS,
+    TRAINED_SOURCES,
+    average_precision,
+    classification_metrics,
+    iou_matrix,
+    ovr_auc,
+    pooled_five,
+)
+from scripts.eval_report import plot_confusions, plot_noise, write_report  # noqa: E402
 from scripts.splits import DATASETS, split_of  # noqa: E402
 
 logger = logging.getLogger("evaluate")
 MODELS = ROOT / "models"
 # the runtime's default detection score, so the report scores what the kiosk counts
 THRESHOLD = ModelConfig.model_fields["detect_threshold"].default
-ALPHAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
-TRAINED_SOURCES = ("pbc", "raabin", "chula", "bccd")  # labelled sources the classifier trains on
 FRAMING_SOURCES = ("pbc", "raabin", "tecom", "chula", "bccd")
 
 
@@ -192,90 +203,6 @@ class TorchClassifier:
                 batches = (self.torch.from_numpy(xv[i:i + 256]).to(device) for i in range(0, len(xv), 256))
                 total = total + np.concatenate([self.model(b)[0].cpu().numpy() for b in batches])
         return total / views
-
-
-# ------------------------------------------------------------------ metrics
-def classification_metrics(truth: np.ndarray, probs: np.ndarray) -> dict:
-    pred = probs.argmax(1)
-    five = truth < 5
-    out = {"n": int(len(truth)), "n_five": int(five.sum()),
-           "five_class_accuracy": float((pred[five] == truth[five]).mean()) if five.any() else None,
-           "accuracy_all": float((pred == truth).mean())}
-    per, f1s = {}, []
-    present = [c for c in range(len(CLASSES)) if (truth == c).any()]
-    for c in range(len(CLASSES)):
-        tp = int(((pred == c) & (truth == c)).sum())
-        fp = int(((pred == c) & (truth != c)).sum())
-        fn = int(((pred != c) & (truth == c)).sum())
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        auc = ovr_auc(truth == c, probs[:, c]) if c in present and (truth != c).any() else None
-        per[CLASSES[c]] = {"precision": p, "recall": r, "f1": f1, "support": int((truth == c).sum()), "auc": auc}
-        if c in present:
-            f1s.append(f1)
-    out["per_class"] = per
-    out["macro_f1"] = float(np.mean(f1s)) if f1s else None
-    five_present = [c for c in present if c < 5]
-    out["macro_f1_five"] = float(np.mean([per[CLASSES[c]]["f1"] for c in five_present])) if five_present else None
-    cm = np.zeros((len(CLASSES), len(CLASSES)), int)
-    for t, p in zip(truth, pred):
-        cm[t, p] += 1
-    out["confusion"] = cm.tolist()
-    return out
-
-
-def ovr_auc(pos: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC (ties count half)."""
-    order = np.argsort(score)
-    ranks = np.empty(len(score))
-    s = score[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    npos, nneg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - npos * (npos + 1) / 2) / (npos * nneg))
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
-
-
-def average_precision(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], thr: float = 0.5) -> dict:
-    """VOC-style all-point AP at IoU thr; recall at the runtime's score threshold is reported separately."""
-    records, npos = [], sum(len(g) for g in gts)
-    for (boxes, scores), gt in zip(dets, gts):
-        used = np.zeros(len(gt), bool)
-        ious = iou_matrix(boxes, gt)
-        for k in np.argsort(-scores):
-            j = int(ious[k].argmax()) if len(gt) else -1
-            hit = j >= 0 and ious[k, j] >= thr and not used[j]
-            if hit:
-                used[j] = True
-            records.append((scores[k], hit))
-    records.sort(key=lambda r: -r[0])
-    tp = np.cumsum([r[1] for r in records])
-    fp = np.cumsum([not r[1] for r in records])
-    rec = tp / max(npos, 1)
-    prec = tp / np.maximum(tp + fp, 1)
-    mrec = np.concatenate([[0], rec, [1]])
-    mpre = np.concatenate([[0], prec, [0]])
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
-    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
-    return {"ap50": float(((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]).sum()), "gt": int(npos)}
 
 
 # ------------------------------------------------------------------ data
@@ -455,201 +382,11 @@ def eval_kiosk_framing(manifest: Manifest, clf, split: str) -> dict:
     return res
 
 
-def pooled_five(res: dict, which: str, sources=TRAINED_SOURCES) -> float:
-    """Five-class accuracy over every crop of ``sources`` in an ``eval_kiosk_framing`` result, for one
-    framing (``which``: "photo" as given, "kiosk" as ``classify`` frames the cell)."""
-    rows = [res[s][which] for s in sources if s in res]
-    n = sum(m["n_five"] for m in rows)
-    return sum(m["five_class_accuracy"] * m["n_five"] for m in rows) / n if n else float("nan")
-
-
 def eval_checkpoint(clf: TorchClassifier, src: str, splits, views: int) -> tuple[dict, dict]:
     """Metrics of a training checkpoint on one source: the crop as seen, and with ``views`` views."""
     crops, truth = all_source_crops(src, splits)
     return (classification_metrics(truth, clf.probs(crops, 1)),
             classification_metrics(truth, clf.probs(crops, views)))
-
-
-# ------------------------------------------------------------------ report
-def plot_confusions(results: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for src, by in results.items():
-        m = by["tflite_int8"]
-        cm = np.array(m["confusion"])
-        rows = [i for i in range(len(CLASSES)) if cm[i].sum() or cm[:, i].sum()]
-        cm = cm[np.ix_(rows, rows)]
-        fig, ax = plt.subplots(figsize=(4.6, 4))
-        ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-        names = [CLASSES[i][:5] for i in rows]
-        ax.set_xticks(range(len(rows)), names, rotation=45)
-        ax.set_yticks(range(len(rows)), names)
-        for i in range(len(rows)):
-            for j in range(len(rows)):
-                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("truth")
-        ax.set_title(f"{src} test, INT8 TFLite (acc {m['five_class_accuracy']:.3f})", fontsize=9)
-        fig.tight_layout()
-        name = f"confusion_{src}.png"
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        files.append(name)
-    return files
-
-
-def plot_noise(noise: dict, out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    for name, by in noise.items():
-        ax.plot([float(a) for a in by], list(by.values()), marker="o", label=name)
-    ax.axhline(0.85, color="grey", ls="--", lw=0.8)
-    ax.set_xlabel("alpha (N = I + G*alpha)")
-    ax.set_ylabel("five-class accuracy")
-    ax.set_title("PBC test crops under Gaussian noise", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "noise_pbc.png", dpi=90)
-    plt.close(fig)
-    return "noise_pbc.png"
-
-
-def fmt(v, digits=3):
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def write_report(r: dict, out: Path) -> None:
-    L = ["# Evaluation of the shipped model", "",
-         f"Generated by `{r['command']}` on {r['date']} (model version {r['version']}).",
-         "Splits: `scripts/splits.py` (Chula by slide; BCCD by frame with txl_pbc duplicates moved to the BCCD split;",
-         "PBC/Raabin by seeded hash buckets, no slide ids exist; Tecom is test-only and never trained on).",
-         "Five-class accuracy counts a prediction of `other` as wrong.",
-         "No test-split figure below was used to choose anything.", "",
-         "## Classifier, per source (test splits)", ""]
-    if r.get("classifier_framing") == "classify":
-        L += ["Each crop is framed as `wbc-counter classify` frames it: the detector of the same precision finds",
-              "the cell nearest the centre and the classifier sees the kiosk's square of 1.4 times the box's",
-              "longest side (`edge_app/framing.py`); a crop in which no cell is found is classified whole.",
-              "The crops as given (`classify --as-given`) are in \"Framing\" below.", ""]
-    L += [
-         "| source (test split) | n | runtime | five-class acc | macro-F1 (five) | macro-F1 (all present) |",
-         "|---|---|---|---|---|---|"]
-    for src, by in r["classifier"].items():
-        for name, m in by.items():
-            L.append(f"| {src} | {m['n_five']} | {name} | {fmt(m['five_class_accuracy'])} | {fmt(m['macro_f1_five'])}"
-                     f" | {fmt(m['macro_f1'])} |")
-    views = r.get("tta_views", 1)
-    if views > 1:
-        L += ["", f"Every runtime averages {views} rotations/mirrors of each crop (the manifest's `tta_views`, "
-              "chosen on the val splits below); `tflite_int8_1view` is the same INT8 model on the crop as seen."]
-    L += ["", "Per class (INT8 TFLite): precision / recall / F1 / one-vs-rest AUC", ""]
-    for src, by in r["classifier"].items():
-        m = by["tflite_int8"]
-        L += [f"**{src}**", "", "| class | support | precision | recall | F1 | AUC |", "|---|---|---|---|---|---|"]
-        for c, pc in m["per_class"].items():
-            if pc["support"]:
-                L.append(f"| {c} | {pc['support']} | {fmt(pc['precision'])} | {fmt(pc['recall'])} | {fmt(pc['f1'])}"
-                         f" | {fmt(pc['auc'])} |")
-        L += ["", f"![confusion {src}](confusion_{src}.png)", ""]
-    if r.get("tta_val"):
-        srcs = list(next(iter(r["tta_val"].values())))
-        L += ["## Test-time views (val splits: how `tta_views` was chosen)", "",
-              "Five-class accuracy of the INT8 classifier on the *val* crops of each trained source when the",
-              "probabilities are averaged over 1, 2, 4 or 8 rotations/mirrors of the crop.", "",
-              "| views | " + " | ".join(srcs) + " |", "|---|" + "---|" * len(srcs)]
-        for v, row in r["tta_val"].items():
-            L.append(f"| {v} | " + " | ".join(fmt(row[k]) for k in srcs) + " |")
-        L.append("")
-    L += ["## Gaussian noise (PBC test crops)", "",
-          "The noise is added to the image as given; `tflite_fp32` and `tflite_int8` then frame the cell as",
-          "`classify` does (the detector sees the noisy image too), `tflite_int8_as_given` classifies it whole.", "",
-          "| alpha | " + " | ".join(r["noise"]) + " |",
-          "|---|" + "---|" * len(r["noise"])]
-    for a in ALPHAS:
-        L.append(f"| {a} | " + " | ".join(fmt(r['noise'][n][str(a)]) for n in r["noise"]) + " |")
-    L += ["", "![noise](noise_pbc.png)", "", "## Detector (held-out frames)", "",
-          "| source (test split) | frames | cells | runtime | AP50 | recall@0.5 (score >= %.2f) | false positives |"
-          % r["detect_threshold"], "|---|---|---|---|---|---|---|"]
-    for src, by in r["detector"].items():
-        for name, m in by.items():
-            L.append(f"| {src} | {m['frames']} | {m['gt']} | {name} | {fmt(m['ap50'])} | {fmt(m['recall50'])}"
-                     f" | {m['false_positives']} |")
-    if "box_vote" in r or "tta_flip" in r:
-        vote, flip = r.get("box_vote", True), r.get("tta_flip", False)
-        how = ("as the heat-weighted vote of its 3x3 neighbours" if vote else "as the peak cell's own box") + \
-            " (the manifest's `box_vote`)"
-        mirror = ("averages the frame with its mirror image" if flip else "runs the frame once, not mirrored") + \
-            " (the manifest's `tta_flip`)"
-        L += ["", f"Every detector runtime decodes each peak's box {how} and {mirror}, both chosen on the val"
-              f" frames below (stride {r.get('detector_stride', 16)} px)."]
-    if r.get("decode_val"):
-        srcs = list(next(iter(r["decode_val"].values())))
-        L += ["", "### Detector decoding (val frames: how voting and `tta_flip` were chosen)", "",
-              "AP50 of the INT8 detector on the *val* frames of each camera.", "",
-              "| decoding | " + " | ".join(srcs) + " |", "|---|" + "---|" * len(srcs)]
-        for k, row in r["decode_val"].items():
-            L.append(f"| {k} | " + " | ".join(fmt(row[s]) for s in srcs) + " |")
-    L += ["", "## End to end on held-out Chula slides (detected and typed)", "",
-          "| runtime | frames | cells | detected | detected and typed | accuracy |", "|---|---|---|---|---|---|"]
-    for name, m in r["end_to_end"].items():
-        L.append(f"| {name} | {m['frames']} | {m['cells']} | {m['detected']} | {m['detected_and_typed']}"
-                 f" | {fmt(m['accuracy'])} |")
-    if r.get("end_to_end_val"):
-        L += ["", "### End to end on val frames (INT8; what the crop-jitter trial in MODEL_CARD.md was judged by)", "",
-              "| camera (val split) | frames | cells | detected | detected and typed | accuracy |",
-              "|---|---|---|---|---|---|"]
-        for src, m in r["end_to_end_val"].items():
-            L.append(f"| {src} | {m['frames']} | {m['cells']} | {m['detected']} | {m['detected_and_typed']}"
-                     f" | {fmt(m['accuracy'])} |")
-    for key, split in (("kiosk_framing", "test"), ("kiosk_framing_val", "val")):
-        if not r.get(key):
-            continue
-        L += ["", f"## Framing ({split} splits, INT8, {r.get('tta_views', 1)} views)", "",
-              "Each crop as given (`wbc-counter classify --as-given`), and cut as the kiosk cuts a detected cell",
-              "(`wbc-counter classify`): the shipped INT8 detector finds the cell and the classifier sees a square",
-              "of 1.4 times the box's longest side (`edge_app/framing.py`). A PBC cell fills about 40% of its",
-              "photo and 70% of the kiosk's crop; Chula and BCCD crops are cut at 1.4 times the annotated box and",
-              "are re-framed around the detector's box. Pooled: every crop of the trained sources.",
-              "", "| source | crops | framed | five-class, as given | macro-F1 (five) | five-class, kiosk framing"
-              " | macro-F1 (five) |", "|---|---|---|---|---|---|---|"]
-        for src, m in r[key].items():
-            L.append(f"| {src} | {m['n']} | {m['framed']} | {fmt(m['photo']['five_class_accuracy'])}"
-                     f" | {fmt(m['photo']['macro_f1_five'])} | {fmt(m['kiosk']['five_class_accuracy'])}"
-                     f" | {fmt(m['kiosk']['macro_f1_five'])} |")
-        L.append(f"| pooled ({', '.join(s for s in TRAINED_SOURCES if s in r[key])}) | | | "
-                 f"{fmt(pooled_five(r[key], 'photo'))} | | {fmt(pooled_five(r[key], 'kiosk'))} | |")
-    if r.get("loso"):
-        L += ["", "## Leave one source out", "", f"Generated by `{r.get('command_loso', r['command'])}`.", "",
-              "| left-out source | checkpoint | crops (all splits of that source) | five-class acc | macro-F1 (five)"
-              " | views (runtime) | five-class acc | macro-F1 (five) |",
-              "|---|---|---|---|---|---|---|---|"]
-        for row in r["loso"]:
-            L.append(f"| {row['source']} | `{row['ckpt']}` | {row['n']} | {fmt(row['acc'])} | {fmt(row['f1'])}"
-                     f" | {row.get('views', 1)} | {fmt(row.get('acc_tta'))} | {fmt(row.get('f1_tta'))} |")
-    if r.get("levers"):
-        L += ["", "## What each lever gave (left-out source, short schedule)", "",
-              "Runs of `scripts/lever_sweep.sh DIR`: 6 epochs x 6,400 crops each (a sixth of the shipped",
-              "schedule, to fit a 2-core CPU), one lever changed at a time against `recipe` (the shipped recipe",
-              "at that crop size). `noaug`: no photometric augmentation; `nobg`: no background white balance;",
-              "`ssl`: + FixMatch-style pseudo-labels on unlabelled train-split crops of chula/bccd/txl_pbc;",
-              "`stain`: + stain-density referencing of each crop. Chula is scored on its val+test slides only",
-              "(the ssl run saw its train slides unlabelled); 62 crops from 4 slides-classes, so one slide's",
-              "look dominates: read these as noisy. The last two columns average the runtime's test-time views.",
-              "", "| run | crop | left out | test crops | five-class acc | macro-F1 (five) | tecom acc"
-              " | views | five-class acc | tecom acc |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in r["levers"]:
-            L.append(f"| {row['run']} | {row.get('crop', 96)} | {row['source']} ({row['splits']}) | {row['n']}"
-                     f" | {fmt(row['acc'])} | {fmt(row['f1'])} | {fmt(row['tecom'])} | {row.get('views', 1)}"
-                     f" | {fmt(row.get('acc_tta'))} | {fmt(row.get('tecom_tta'))} |")
-    (out / "EVALUATION.md").write_text("\n".join(L) + "\n")
 
 
 def carry_studies(r: dict, earlier: dict) -> dict:
