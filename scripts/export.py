@@ -245,7 +245,8 @@ def main(argv=None) -> int:
                     help="classifier test-time views recorded in the manifest (chosen on the val splits: "
                          "see the TTA table of models/EVALUATION.md)")
     ap.add_argument("--no-detector-flip", action="store_true",
-                    help="do not record tta_flip (the detector's mirrored second pass, chosen on the val frames)")
+                    help="record tta_flip false (no mirrored second pass of the detector; chosen on the val frames). "
+                         "Without it an exported detector gets the mirrored pass and a kept one keeps its own")
     ap.add_argument("--no-box-vote", action="store_true",
                     help="decode each peak's own box instead of the heat-weighted vote of its 3x3 neighbours "
                          "(box_vote in the manifest, chosen on the val frames)")
@@ -281,10 +282,16 @@ def main(argv=None) -> int:
         }
     entries.update(kept)
     entries = {k: entries[k] for k in ("classifier", "detector")}  # the manifest's usual order
-    if "detector" in models:  # a kept detector keeps its manifest's stride
-        entries["detector"]["stride"] = models["detector"].net.stride
-    entries["detector"]["tta_flip"] = not args.no_detector_flip
-    entries["detector"]["box_vote"] = not args.no_box_vote
+    det_entry = entries["detector"]
+    if "detector" in models:
+        det_entry["stride"] = models["detector"].net.stride
+        det_entry["tta_flip"], det_entry["box_vote"] = True, True
+    else:  # a kept detector keeps the stride and decoding it was validated with (absent box_vote: it voted)
+        det_entry.setdefault("box_vote", True)
+    if args.no_detector_flip:
+        det_entry["tta_flip"] = False
+    if args.no_box_vote:
+        det_entry["box_vote"] = False
     entries["classifier"]["attention_stride"] = 16
     entries["classifier"]["tta_views"] = args.tta_views
     entries["classifier"]["preprocess"] = {"stain_norm": stain_norm, "stain_od_target": preprocess.STAIN_OD_TARGET,

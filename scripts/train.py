@@ -542,7 +542,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--stride", type=int, choices=Detector.STRIDES,
-                    help="detector: output grid stride in input pixels (16 shipped until now; 8 for small cells)")
+                    help="detector: output grid stride in input pixels (16: shipped; 8: tried in session 13)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
