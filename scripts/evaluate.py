@@ -130,19 +130,25 @@ def detect_arrays(det: Detector, frame: np.ndarray) -> tuple[np.ndarray, np.ndar
             np.array([f.score for f in found], np.float32))
 
 
+def detections_on_val(det: Detector) -> dict[str, tuple[list, list[np.ndarray]]]:
+    """Per frame camera: the detector's (boxes, scores) on each *val* frame, and the annotated boxes."""
+    d = data.load("det")
+    out = {}
+    for src in ("bccd", "chula", "txl_pbc"):
+        ix = np.nonzero((d["sources"] == src) & (d["splits"] == "val"))[0]
+        out[src] = ([detect_arrays(det, d["frames"][i]) for i in ix], [d["boxes"][i].reshape(-1, 4) for i in ix])
+    return out
+
+
 def eval_decode_val(det: Detector) -> dict:
     """A detector's AP50 on the *val* frames with and without box voting and the mirrored pass:
     how the decoding and the manifest's ``tta_flip`` were chosen. Leaves ``det`` as it found it."""
-    d = data.load("det")
     as_found = det.vote, det.flip
     res = {}
     for vote in (False, True):
         for flip in (False, True):
-            det.vote, det.flip, row = vote, flip, {}
-            for src in ("bccd", "chula", "txl_pbc"):
-                ix = np.nonzero((d["sources"] == src) & (d["splits"] == "val"))[0]
-                dets = [detect_arrays(det, d["frames"][i]) for i in ix]
-                row[src] = average_precision(dets, [d["boxes"][i].reshape(-1, 4) for i in ix])["ap50"]
+            det.vote, det.flip = vote, flip
+            row = {src: average_precision(dets, gts)["ap50"] for src, (dets, gts) in detections_on_val(det).items()}
             row["mean"] = float(np.mean(list(row.values())))
             res[f"vote={int(vote)} flip={int(flip)}"] = row
             logger.info("detector decode on val, vote %s flip %s: %s", vote, flip,

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app.inference import Manifest  # noqa: E402
-from scripts import data, evaluate  # noqa: E402
+from scripts import evaluate  # noqa: E402
 
 NOISE_ALPHA = 0.35  # the issue's noise target is set at this alpha
 
@@ -64,12 +64,8 @@ def score(model_dir: Path) -> dict:
 
 def detector_val_ap(det) -> dict:
     """AP at IoU 0.5 and 0.75 per camera on the val frames (0.75: how tight the boxes are)."""
-    d = data.load("det")
     out = {"det_ap50": {}, "det_ap75": {}}
-    for src in ("bccd", "chula", "txl_pbc"):
-        ix = np.nonzero((d["sources"] == src) & (d["splits"] == "val"))[0]
-        dets = [evaluate.detect_arrays(det, d["frames"][i]) for i in ix]
-        gts = [d["boxes"][i].reshape(-1, 4) for i in ix]
+    for src, (dets, gts) in evaluate.detections_on_val(det).items():
         for iou in (50, 75):
             out[f"det_ap{iou}"][src] = evaluate.average_precision(dets, gts, iou / 100)["ap50"]
     for iou in (50, 75):
