@@ -343,6 +343,65 @@ def _random_frame_geometry(img, boxes, rng, keep_visible: float = KEEP_VISIBLE):
     return np.ascontiguousarray(img), clipped[keep]
 
 
+MOSAIC_MIN_CELL = 24.0  # px in the detector's input: the 5th percentile of Chula's cells, the smallest camera's
+MOSAIC_ZOOM = (0.33, 0.9)  # tile size as a share of the frame: up to three times smaller cells
+
+
+def _shape_groups(frames, sources) -> dict:
+    """Indices of the frames of each (camera, frame shape): a mosaic tiles one camera's frames only,
+    and only frames of one shape, so no tile is stretched."""
+    groups: dict = {}
+    for i, (f, s) in enumerate(zip(frames, sources)):
+        groups.setdefault((str(s), f.shape[:2]), []).append(i)
+    return {k: np.asarray(v) for k, v in groups.items()}
+
+
+def _zoom_out_mosaic(frames, boxes, first: int, partners: np.ndarray, rng,
+                     keep_visible: float = KEEP_VISIBLE):
+    """Zoom out: tile shrunken real frames of one camera over the first frame's canvas.
+
+    The zoom window of ``_random_frame_geometry`` only ever enlarges cells, so a
+    camera at low magnification (Chula's cells are a third the size of BCCD's and
+    TXL-PBC's) is learnt from one source only. Tiling other frames of the same
+    camera fills the canvas with real smear instead of padding. The zoom never
+    takes the frame's median cell below ``MOSAIC_MIN_CELL`` detector pixels, so
+    no cell is smaller than the smallest camera's. Returns ``None`` when the
+    frame's cells are already that small.
+    """
+    img0, b0 = frames[first], boxes[first].astype(np.float32).reshape(-1, 4)
+    h, w = img0.shape[:2]
+    scale = min(preprocess.DETECTOR_SIZE[0] / w, preprocess.DETECTOR_SIZE[1] / h)
+    lo = MOSAIC_ZOOM[0]
+    if len(b0):
+        side = np.median(np.maximum(b0[:, 2] - b0[:, 0], b0[:, 3] - b0[:, 1])) * scale
+        lo = max(lo, MOSAIC_MIN_CELL / max(side, 1e-6))
+    if lo >= MOSAIC_ZOOM[1]:
+        return None
+    z = rng.uniform(lo, MOSAIC_ZOOM[1])
+    tw, th = max(1, round(w * z)), max(1, round(h * z))
+    ox, oy = int(rng.integers(0, tw)), int(rng.integers(0, th))
+    canvas = np.empty_like(img0)
+    out = []
+    for r in range(-(-(h + oy) // th)):
+        for c in range(-(-(w + ox) // tw)):
+            k = first if (r, c) == (0, 0) else int(partners[rng.integers(len(partners))])
+            tile = cv2.resize(frames[k], (tw, th), interpolation=cv2.INTER_AREA)
+            x0, y0 = c * tw - ox, r * th - oy
+            sx0, sy0 = max(0, -x0), max(0, -y0)
+            dx0, dy0 = max(0, x0), max(0, y0)
+            cw, ch = min(tw - sx0, w - dx0), min(th - sy0, h - dy0)
+            canvas[dy0:dy0 + ch, dx0:dx0 + cw] = tile[sy0:sy0 + ch, sx0:sx0 + cw]
+            bk = boxes[k].astype(np.float32).reshape(-1, 4)
+            out.append(bk * np.float32(z) + np.array([x0, y0, x0, y0], np.float32))
+    b = np.concatenate(out) if out else np.zeros((0, 4), np.float32)
+    clipped = b.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    return canvas, clipped[kept > keep_visible * np.maximum(area, 1)]
+
+
 def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
     gh, gw = grid_hw
     heat = np.zeros((gh, gw), np.float32)
@@ -370,9 +429,13 @@ def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
 
 class FrameSet(Dataset):
     def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0,
-                 keep_visible: float = KEEP_VISIBLE, stride: int = 16):
+                 keep_visible: float = KEEP_VISIBLE, stride: int = 16, sources=None, mosaic: float = 0.0):
         self.frames, self.boxes, self.train, self.seed, self.strength = frames, boxes, train, seed, strength
-        self.keep_visible, self.stride = keep_visible, stride
+        self.keep_visible, self.stride, self.mosaic = keep_visible, stride, mosaic
+        self.partners = None
+        if mosaic > 0:
+            groups = _shape_groups(frames, sources)
+            self.partners = [groups[(str(s), f.shape[:2])] for f, s in zip(frames, sources)]
         w, h = preprocess.DETECTOR_SIZE
         self.grid = (-(-h // stride), -(-w // stride))  # ceil: the network's own output grid
 
@@ -383,6 +446,10 @@ class FrameSet(Dataset):
         img, boxes = self.frames[i], self.boxes[i].astype(np.float32).reshape(-1, 4)
         if self.train:
             rng = _worker_rng(self.seed, i)
+            if self.mosaic > 0 and rng.random() < self.mosaic:
+                tiled = _zoom_out_mosaic(self.frames, self.boxes, i, self.partners[i], rng, self.keep_visible)
+                if tiled is not None:
+                    img, boxes = tiled
             img, boxes = _random_frame_geometry(img, boxes, rng, self.keep_visible)
             img = augment.photometric(img, rng, self.strength)
         x, lb = preprocess.detector_input(img)
@@ -449,7 +516,7 @@ def train_detector(args, device) -> dict:
             w[m] = share / m.sum()
     idx = np.nonzero(tr)[0]
     train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug, args.keep_visible,
-                         args.stride)
+                         args.stride, sources=sources[idx], mosaic=args.mosaic)
     sampler = WeightedRandomSampler(torch.from_numpy(w[idx]), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers, drop_last=True,
@@ -495,7 +562,7 @@ DEFAULTS = {
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
                        photometric_first=0.0, noise_at_source=True),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE,
-                     stride=16),
+                     stride=16, mosaic=0.0),
 }
 
 
@@ -543,6 +610,9 @@ def main(argv=None) -> int:
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--stride", type=int, choices=Detector.STRIDES,
                     help="detector: output grid stride in input pixels (16: shipped; 8: tried in session 13)")
+    ap.add_argument("--mosaic", type=float, metavar="SHARE",
+                    help="detector: share of training frames zoomed out by tiling shrunken frames of the same "
+                         "camera (0: shipped; tried in session 14)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
