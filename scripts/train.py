@@ -334,13 +334,17 @@ def _random_frame_geometry(img, boxes, rng, keep_visible: float = KEEP_VISIBLE):
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     img = img[y0:y0 + ch, x0:x0 + cw]
     boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
+    return np.ascontiguousarray(img), _clip_visible(boxes, cw, ch, keep_visible)
+
+
+def _clip_visible(boxes, w, h, keep_visible: float):
+    """Boxes clipped to a w x h window; a cell mostly outside it is not a target."""
     clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, cw)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, ch)
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    keep = keep_area > keep_visible * np.maximum(area, 1)  # mostly-outside cells are not targets
-    return np.ascontiguousarray(img), clipped[keep]
+    kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    return clipped[kept > keep_visible * np.maximum(area, 1)]
 
 
 MOSAIC_MIN_CELL = 24.0  # px in the detector's input: the 5th percentile of Chula's cells, the smallest camera's
@@ -393,13 +397,7 @@ def _zoom_out_mosaic(frames, boxes, first: int, partners: np.ndarray, rng,
             canvas[dy0:dy0 + ch, dx0:dx0 + cw] = tile[sy0:sy0 + ch, sx0:sx0 + cw]
             bk = boxes[k].astype(np.float32).reshape(-1, 4)
             out.append(bk * np.float32(z) + np.array([x0, y0, x0, y0], np.float32))
-    b = np.concatenate(out) if out else np.zeros((0, 4), np.float32)
-    clipped = b.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    return canvas, clipped[kept > keep_visible * np.maximum(area, 1)]
+    return canvas, _clip_visible(np.concatenate(out), w, h, keep_visible)
 
 
 def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
