@@ -96,6 +96,12 @@ def average_precision(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nd
     return {"ap50": float(((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]).sum()), "gt": int(npos)}
 
 
+def ap50_ap75(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray]) -> dict:
+    """AP at IoU 0.5 and at 0.75 (how tight the boxes are), as ``{"ap50": .., "ap75": ..}``."""
+    # average_precision names its figure "ap50" whatever IoU it is given
+    return {"ap50": average_precision(dets, gts, 0.5)["ap50"], "ap75": average_precision(dets, gts, 0.75)["ap50"]}
+
+
 def pooled_five(res: dict, which: str, sources=TRAINED_SOURCES) -> float:
     """Five-class accuracy over every crop of ``sources`` in an ``eval_kiosk_framing`` result, for one
     framing (``which``: "photo" as given, "kiosk" as ``classify`` frames the cell)."""

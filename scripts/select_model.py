@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app.inference import Manifest  # noqa: E402
-from scripts import evaluate  # noqa: E402
+from scripts import eval_metrics, evaluate  # noqa: E402
 
 NOISE_ALPHA = 0.35  # the issue's noise target is set at this alpha
 
@@ -66,8 +66,8 @@ def detector_val_ap(det) -> dict:
     """AP at IoU 0.5 and 0.75 per camera on the val frames (0.75: how tight the boxes are)."""
     out = {"det_ap50": {}, "det_ap75": {}}
     for src, (dets, gts) in evaluate.detections_on_val(det).items():
-        for iou in (50, 75):
-            out[f"det_ap{iou}"][src] = evaluate.average_precision(dets, gts, iou / 100)["ap50"]
+        for key, ap in eval_metrics.ap50_ap75(dets, gts).items():
+            out[f"det_{key}"][src] = ap
     for iou in (50, 75):
         out[f"det_ap{iou}_mean"] = float(np.mean(list(out[f"det_ap{iou}"].values())))
     return out

@@ -491,7 +491,7 @@ def detector_val_ap(model, frames, boxes, device) -> dict:
     TXL-PBC's third decimal; AP75 also scores how tight the boxes are.
     """
     from edge_app.inference import decode_detections
-    from scripts.evaluate import average_precision
+    from scripts.eval_metrics import ap50_ap75
 
     model.eval()
     dets = []
@@ -502,9 +502,7 @@ def detector_val_ap(model, frames, boxes, device) -> dict:
         ltrb = ltrb[0].permute(1, 2, 0).cpu().numpy()
         pred, scores = decode_detections(heat, ltrb, model.stride, 0.05, 0.4)
         dets.append((lb.to_frame(pred), scores))
-    gts = [g.reshape(-1, 4) for g in boxes]
-    # average_precision names its figure "ap50" whatever IoU it is given
-    return {"ap50": average_precision(dets, gts)["ap50"], "ap75": average_precision(dets, gts, 0.75)["ap50"]}
+    return ap50_ap75(dets, [g.reshape(-1, 4) for g in boxes])
 
 
 def train_detector(args, device) -> dict:
