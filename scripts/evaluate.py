@@ -395,6 +395,19 @@ def eval_checkpoint(clf: TorchClassifier, src: str, splits, views: int) -> tuple
             classification_metrics(truth, clf.probs(crops, views)))
 
 
+def eval_checkpoint_framed(clf: TorchClassifier, src: str, splits, views: int) -> dict | None:
+    """A checkpoint on a single-cell photo source's crops framed as ``wbc-counter classify`` frames them:
+    the kiosk square the shipped detector found (``scripts.kiosk_framing``'s cache), the photo whole where
+    it found none. None for a frame source, whose crops are cut at the annotated box already."""
+    if src not in kiosk_framing.CROP_SOURCES:
+        return None
+    d = data.load("cls")
+    m = (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)
+    squares = kiosk_framing.load(d["keys"])[m]
+    framed = [framing.kiosk_crop(p, q) for p, q in zip(d["images"][m], squares)]
+    return classification_metrics(d["labels"][m].astype(int), clf.probs(framed, views))
+
+
 def carry_studies(r: dict, earlier: dict) -> dict:
     """Copy the LOSO and lever rows of an earlier report into ``r``, with the command that produced them."""
     r["command_loso"] = earlier.get("command_loso", earlier.get("command"))
@@ -465,11 +478,16 @@ def main(argv=None) -> int:
         r["loso"] = []
     for spec in args.loso + args.add_loso:
         ckpt, src = spec.rsplit(":", 1)
-        m, t = eval_checkpoint(TorchClassifier(Path(ckpt)), src, ("train", "val", "test"), manifest.tta_views)
-        r["loso"].append({"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
-                          "f1": m["macro_f1_five"], "views": manifest.tta_views,
-                          "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"],
-                          "confusion_tta": t["confusion"]})
+        clf = TorchClassifier(Path(ckpt))
+        m, t = eval_checkpoint(clf, src, ("train", "val", "test"), manifest.tta_views)
+        row = {"source": src, "ckpt": ckpt, "n": m["n_five"], "acc": m["five_class_accuracy"],
+               "f1": m["macro_f1_five"], "views": manifest.tta_views,
+               "acc_tta": t["five_class_accuracy"], "f1_tta": t["macro_f1_five"], "confusion_tta": t["confusion"]}
+        fr = eval_checkpoint_framed(clf, src, ("train", "val", "test"), manifest.tta_views)
+        if fr is not None:
+            row.update(acc_framed_tta=fr["five_class_accuracy"], f1_framed_tta=fr["macro_f1_five"],
+                       confusion_framed_tta=fr["confusion"])
+        r["loso"].append(row)
     if args.levers:
         r["levers"] = []
         for ck in sorted(ck for d in args.levers for ck in d.glob("*/classifier.pt")):

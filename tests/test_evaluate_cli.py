@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 evaluate = pytest.importorskip("scripts.evaluate")
@@ -39,3 +40,32 @@ def test_keep_studies_needs_rows_to_keep(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--keep-studies", "--model-dir", str(model_dir)])
     assert e.value.code == 2 and "holds no LOSO rows" in capsys.readouterr().err
+
+
+class _SideClassifier:
+    """Calls every crop by its side: 128 px (the photo whole) is class 0, anything else class 1."""
+
+    def probs(self, crops, views=1):
+        out = np.zeros((len(crops), 6))
+        for i, c in enumerate(crops):
+            out[i, 0 if c.shape[0] == 128 else 1] = 1.0
+        return out
+
+
+def test_loso_framed_scores_the_kiosk_square(monkeypatch):
+    # Three PBC photos: two with a kiosk square, one without (scored whole); one Raabin photo and one unlabelled
+    # PBC photo that must not be counted; a frame source gets no framed figure at all.
+    images = np.zeros((5, 128, 128, 3), np.uint8)
+    cache = {"images": images, "labels": np.array([1, 1, 0, -1, 1]),
+             "sources": np.array(["pbc", "pbc", "pbc", "pbc", "raabin"]),
+             "splits": np.array(["train", "test", "val", "train", "test"]), "keys": np.arange(5).astype(str)}
+    squares = np.array([[20, 20, 100, 100], [10, 12, 90, 92], [np.nan] * 4, [0, 0, 50, 50], [0, 0, 60, 60]],
+                       np.float32)
+    monkeypatch.setattr(evaluate.data, "load", lambda name: cache)
+    monkeypatch.setattr(evaluate.kiosk_framing, "load", lambda keys: squares)
+    m = evaluate.eval_checkpoint_framed(_SideClassifier(), "pbc", ("train", "val", "test"), 8)
+    assert m["n_five"] == 3 and m["five_class_accuracy"] == 1.0  # framed crops -> 1, the unframed photo -> 0
+    monkeypatch.setattr(evaluate.kiosk_framing, "load", lambda keys: np.full_like(squares, np.nan))
+    # no square anywhere: every photo is scored whole (class 0), so the train photo labelled 1 is wrong
+    assert evaluate.eval_checkpoint_framed(_SideClassifier(), "pbc", ("train",), 8)["five_class_accuracy"] == 0.0
+    assert evaluate.eval_checkpoint_framed(_SideClassifier(), "chula", ("test",), 8) is None
