@@ -221,9 +221,14 @@ def classifier_test_sets() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     return out
 
 
+def source_mask(d: dict, src: str, splits) -> np.ndarray:
+    """The labelled crops of one source in these splits of the classifier cache ``d``."""
+    return (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)
+
+
 def all_source_crops(src: str, splits=("train", "val", "test")) -> tuple[list[np.ndarray], np.ndarray]:
     d = data.load("cls")
-    m = (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)
+    m = source_mask(d, src, splits)
     return list(d["images"][m]), d["labels"][m].astype(int)
 
 
@@ -402,7 +407,7 @@ def eval_checkpoint_framed(clf: TorchClassifier, src: str, splits, views: int) -
     if src not in kiosk_framing.CROP_SOURCES:
         return None
     d = data.load("cls")
-    m = (d["sources"] == src) & np.isin(d["splits"], splits) & (d["labels"] >= 0)
+    m = source_mask(d, src, splits)
     squares = kiosk_framing.load(d["keys"])[m]
     framed = [framing.kiosk_crop(p, q) for p, q in zip(d["images"][m], squares)]
     return classification_metrics(d["labels"][m].astype(int), clf.probs(framed, views))
