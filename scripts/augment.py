@@ -9,7 +9,10 @@ normalisation, across stains, lamps, sensors and focus it has not seen:
 - camera: white-balance cast, exposure, gamma, contrast, vignetting;
 - optics: defocus blur, lost resolution (down/up-sampling);
 - sensor: Gaussian noise N = I + G*alpha with alpha up to 0.4 (covers the
-  alpha <= 0.35 robustness protocol), JPEG compression.
+  alpha <= 0.35 robustness protocol), JPEG compression;
+- camera style from other crops: the amplitude spectrum of a crop from
+  another camera mixed into this one's (``amplitude_mix``), which carries
+  that camera's sharpness, contrast and colour without its content.
 """
 
 from __future__ import annotations
@@ -86,6 +89,31 @@ def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0
     return sensor(img, rng, noise_grid=noise_grid)
 
 
+def amplitude_mix(img: np.ndarray, style: np.ndarray, rng: np.random.Generator, max_mix: float = 1.0) -> np.ndarray:
+    """Amplitude-spectrum mix (FACT, Xu et al., CVPR 2021; after FDA, Yang & Soatto 2020).
+
+    Per channel, the Fourier amplitude of ``img`` is blended with that of
+    ``style`` (a crop from another camera, weight ``lam`` ~ U(0, max_mix)) and
+    recombined with ``img``'s own phase. The phase holds where things are (the
+    cell's outline, nucleus and granules), the amplitude how sharp, contrasted
+    and coloured the camera renders them: a defocused, pale camera's spectrum
+    falls off early, and the mix shows the network the same cell that way.
+    Unlike blur or contrast jitter it needs no model of the camera, only its
+    crops, and those need no labels."""
+    h, w = img.shape[:2]
+    if style.shape[:2] != (h, w):
+        style = cv2.resize(style, (w, h), interpolation=cv2.INTER_AREA)
+    # Real FFTs, and the phase kept by rescaling fx instead of exp(i*angle): a
+    # third of the cost (about 1 ms per 128x128 crop here), same result.
+    fx = np.fft.rfft2(img.astype(np.float32), axes=(0, 1))
+    fs = np.fft.rfft2(style.astype(np.float32), axes=(0, 1))
+    lam = rng.uniform(0.0, max_mix)
+    ax = np.abs(fx)
+    amp = (1.0 - lam) * ax + lam * np.abs(fs)
+    out = np.fft.irfft2(fx * (amp / np.maximum(ax, 1e-6)), s=(h, w), axes=(0, 1))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 # Zoom range and shift (fraction of the side) of a training crop: about how far
 # a detector's box strays from the annotated one (MODEL_CARD.md).
 CROP_SCALE = (0.85, 1.2)
@@ -127,7 +155,8 @@ def crop_geometry(img: np.ndarray, rng: np.random.Generator, scale=CROP_SCALE, s
 
 def training_view(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0, scale=CROP_SCALE,
                   shift: float = CROP_SHIFT, frame: tuple[float, float, float] | None = None,
-                  photometric_first: bool = False, noise_at_source: bool = False) -> np.ndarray:
+                  photometric_first: bool = False, noise_at_source: bool = False,
+                  style: np.ndarray | None = None) -> np.ndarray:
     """One training view of a labelled crop: ``crop_geometry`` and ``photometric``.
 
     By default the photometric effects come after the zoom (how 1.5.0 was
@@ -140,12 +169,20 @@ def training_view(img: np.ndarray, rng: np.random.Generator, strength: float = 1
     stay where 1.5.0 had them. It draws the same random numbers as the default,
     so a view without noise is 1.5.0's view. With ``photometric_first`` it has
     nothing to add (all the noise is already drawn before the zoom).
+
+    ``style``: another camera's crop whose amplitude spectrum is mixed into
+    the view (``amplitude_mix``) after the geometry and before the
+    photometric effects; None draws nothing, so runs without it replay.
     """
     if photometric_first:
+        img = img if style is None else amplitude_mix(img, style, rng)
         return crop_geometry(photometric(img, rng, strength), rng, scale, shift, frame)
     m, flip = view_geometry(img.shape, rng, scale, shift, frame)
     grid = (img.shape, lambda noise: warp_view(noise, m, flip)) if noise_at_source else None
-    return photometric(warp_view(img, m, flip), rng, strength, grid)
+    view = warp_view(img, m, flip)
+    if style is not None:
+        view = amplitude_mix(view, style, rng)
+    return photometric(view, rng, strength, grid)
 
 
 def add_gaussian_noise(img: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:

@@ -125,15 +125,21 @@ class CropSet(Dataset):
 
     ``noise_at_source``: only the sensor noise is drawn on the photo's pixels
     and warped with the crop's zoom (``augment.training_view``); everything
-    else stays after the zoom, as in 1.5.0."""
+    else stays after the zoom, as in 1.5.0.
+
+    ``style``: a ``StyleBank``; with probability ``style_mix`` a crop takes
+    the amplitude spectrum of a random crop from a random camera in it
+    (``augment.amplitude_mix``)."""
 
     def __init__(self, images, labels, train: bool, seed: int, strength: float = 1.0, stain_norm: bool = False,
                  scale=augment.CROP_SCALE, shift: float = augment.CROP_SHIFT, frames=None,
-                 kiosk_framing: float = 0.0, photometric_first: float = 0.0, noise_at_source: bool = False):
+                 kiosk_framing: float = 0.0, photometric_first: float = 0.0, noise_at_source: bool = False,
+                 style=None, style_mix: float = 0.0):
         self.images, self.labels, self.train, self.seed, self.strength = images, labels, train, seed, strength
         self.stain_norm, self.scale, self.shift = stain_norm, tuple(scale), shift
         self.frames, self.kiosk_framing = frames, kiosk_framing
         self.photometric_first, self.noise_at_source = photometric_first, noise_at_source
+        self.style, self.style_mix = style, style_mix
 
     def __len__(self):
         return len(self.images)
@@ -149,10 +155,51 @@ class CropSet(Dataset):
             # No draw at 0 or 1, so 1.5.0 (0) and runs/cls_pf (1) replay exactly.
             first = self.photometric_first >= 1 or (self.photometric_first > 0
                                                     and rng.random() < self.photometric_first)
+            # No draw when off, so runs without the style mix replay exactly.
+            style = self.style.draw(rng) if self.style_mix > 0 and rng.random() < self.style_mix else None
             img = augment.training_view(img, rng, self.strength, self.scale, self.shift, frame, first,
-                                        self.noise_at_source)
+                                        self.noise_at_source, style)
         x = preprocess.classifier_input(img, stain_norm=self.stain_norm)[0]
         return torch.from_numpy(x), int(self.labels[i]), i  # the index finds the crop's teacher target
+
+
+class StyleBank:
+    """Train-split crops of several cameras, labels ignored, for the amplitude
+    mix: a draw picks a camera uniformly (so 300 Chula crops count as much as
+    12,000 PBC photos), then a crop, turned by a random quarter and mirrored.
+    At most ``cap`` crops per camera are kept (seeded), which bounds memory."""
+
+    def __init__(self, images, sources, seed: int, cap: int = 2000):
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([rng.permutation(np.nonzero(sources == s)[0])[:cap] for s in np.unique(sources)])
+        keep.sort()
+        self.images, self.sources = images[keep], sources[keep]
+        self.groups = [np.nonzero(self.sources == s)[0] for s in np.unique(self.sources)]
+
+    def counts(self) -> dict:
+        return {str(s): int((self.sources == s).sum()) for s in np.unique(self.sources)}
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        group = self.groups[int(rng.integers(len(self.groups)))]
+        img = np.rot90(self.images[group[int(rng.integers(len(group)))]], int(rng.integers(4)))
+        return np.ascontiguousarray(img[:, ::-1] if rng.random() < 0.5 else img)
+
+
+def style_bank(d: dict, args) -> StyleBank | None:
+    """The ``--style-mix`` bank: by default the labelled training sources and
+    TXL-PBC's unlabelled crops (never the left-out source); ``--style-sources``
+    names them instead, and may name the left-out source, whose train-split
+    crops are then seen without labels (recorded in the checkpoint)."""
+    if not args.style_mix:
+        return None
+    names = (args.style_sources.split(",") if args.style_sources
+             else [s for s in (*SOURCE_SHARE, "txl_pbc") if s != args.exclude_source])
+    unknown = sorted(set(names) - set(np.unique(d["sources"])))
+    if unknown:
+        raise SystemExit(f"--style-sources: no crops of {unknown} in the cache; choose from "
+                         f"{sorted(set(np.unique(d['sources'])))}")
+    m = np.isin(d["sources"], names) & (d["splits"] == "train")
+    return StyleBank(d["images"][m], d["sources"][m], args.seed)
 
 
 class UnlabelledSet(Dataset):
@@ -250,9 +297,12 @@ def train_classifier(args, device) -> dict:
     if args.teacher:
         teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source).to(device)
     frames = kiosk_framing.load(d["keys"])[tr] if args.kiosk_framing > 0 else None
+    style = style_bank(d, args)
+    if style:
+        logger.info("style bank (amplitude mix on %.0f%% of crops): %s", 100 * args.style_mix, style.counts())
     train_set = CropSet(d["images"][tr], labels[tr], True, args.seed, args.aug, args.stain_norm,
                         args.crop_scale, args.crop_shift, frames, args.kiosk_framing, args.photometric_first,
-                        args.noise_at_source)
+                        args.noise_at_source, style, args.style_mix)
     sampler = WeightedRandomSampler(torch.from_numpy(weights), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
@@ -310,7 +360,8 @@ def train_classifier(args, device) -> dict:
             best = score
             torch.save({"state_dict": scored.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
                         "bg_norm": not args.no_bg_norm, "input_size": list(preprocess.CLASSIFIER_SIZE),
-                        "stain_norm": args.stain_norm, "teacher": args.teacher},
+                        "stain_norm": args.stain_norm, "teacher": args.teacher,
+                        "style_sources": sorted(style.counts()) if style else []},
                        Path(args.out) / "classifier.pt")
     return {"best_val_mean": best, "history": history}
 
@@ -614,6 +665,11 @@ def main(argv=None) -> int:
                     help="classifier: draw the sensor noise on the photo's pixels and zoom it with the crop "
                          "(the camera's grain; the default since 1.6.0); --no-noise-at-source draws it on the "
                          "crop after the zoom, as every run before 1.6.0 did")
+    ap.add_argument("--style-mix", type=float, default=0.0, metavar="SHARE",
+                    help="share of classifier crops given another camera's amplitude spectrum (0 = off)")
+    ap.add_argument("--style-sources", default=None,
+                    help="comma-separated sources of the style bank's train crops, labels ignored "
+                         "(default: the training sources and txl_pbc, without --exclude-source)")
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--stride", type=int, choices=Detector.STRIDES,
