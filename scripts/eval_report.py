@@ -177,6 +177,15 @@ def write_report(r: dict, out: Path) -> None:
             L.append(f"| {row['source']} | `{row['ckpt']}` | {row['n']} | {fmt(row['acc'])} | {fmt(row['f1'])}"
                      f" | {row.get('views', 1)} | {fmt(row.get('acc_tta'))} | {fmt(row.get('f1_tta'))}"
                      f" | {fmt(row.get('acc_framed_tta'))} | {fmt(row.get('f1_framed_tta'))} |")
+        for row in r["loso"]:
+            if "acc_tta_unseen" in row:
+                L += ["", f"`{row['ckpt']}` left out {row['source']}'s labels but mixed the amplitude spectra of"
+                      f" its train-split crops ({', '.join(row['style_sources'])} in the style bank, labels"
+                      f" ignored). On the {row['n_unseen']} crops of {row['source']}'s val and test slides, never"
+                      f" seen even unlabelled: five-class {fmt(row['acc_unseen'])} one view,"
+                      f" {fmt(row['acc_tta_unseen'])} with {row.get('views', 1)} views (macro-F1"
+                      f" {fmt(row['f1_tta_unseen'])}); Tecom test (outside the bank) {fmt(row.get('tecom_tta'))}"
+                      f" with {row.get('views', 1)} views."]
     if r.get("levers"):
         L += ["", "## What each lever gave (left-out source, short schedule)", "",
               "Runs of `scripts/lever_sweep.sh DIR`: 6 epochs x 6,400 crops each (a sixth of the shipped",

@@ -186,6 +186,8 @@ class TorchClassifier:
         self.bg_norm = state.get("bg_norm", True)
         self.size = tuple(state.get("input_size", (96, 96)))  # checkpoints before 1.1 were all 96x96
         self.stain_norm = bool(state.get("stain_norm", False))
+        # Sources whose train-split crops the run saw without labels (``--style-sources``).
+        self.style_sources = list(state.get("style_sources", []))
 
     def probs(self, crops: list[np.ndarray], views: int = 1) -> np.ndarray:
         """Mean softmax over the first ``views`` dihedral views, as the runtime Classifier does."""
@@ -400,6 +402,22 @@ def eval_checkpoint(clf: TorchClassifier, src: str, splits, views: int) -> tuple
             classification_metrics(truth, clf.probs(crops, views)))
 
 
+def unseen_slides_row(clf: TorchClassifier, src: str, views: int) -> dict:
+    """Extra LOSO fields for a run whose style bank held the left-out source's train-split crops
+    (without labels): the figures on its val and test slides only, whose pixels the run never saw,
+    and on Tecom, which no run sees, to show what the mix did to a stain outside the bank."""
+    if src not in clf.style_sources:
+        return {}
+    m, t = eval_checkpoint(clf, src, ("val", "test"), views)
+    out = {"style_sources": clf.style_sources, "n_unseen": m["n_five"], "acc_unseen": m["five_class_accuracy"],
+           "acc_tta_unseen": t["five_class_accuracy"], "f1_tta_unseen": t["macro_f1_five"],
+           "confusion_tta_unseen": t["confusion"]}
+    if "tecom" not in clf.style_sources and src != "tecom":
+        _, tt = eval_checkpoint(clf, "tecom", ("test",), views)
+        out.update(tecom_tta=tt["five_class_accuracy"])
+    return out
+
+
 def eval_checkpoint_framed(clf: TorchClassifier, src: str, splits, views: int) -> dict | None:
     """A checkpoint on a single-cell photo source's crops framed as ``wbc-counter classify`` frames them:
     the kiosk square the shipped detector found (``scripts.kiosk_framing``'s cache), the photo whole where
@@ -492,6 +510,7 @@ def main(argv=None) -> int:
         if fr is not None:
             row.update(acc_framed_tta=fr["five_class_accuracy"], f1_framed_tta=fr["macro_f1_five"],
                        confusion_framed_tta=fr["confusion"])
+        row.update(unseen_slides_row(clf, src, manifest.tta_views))
         r["loso"].append(row)
     if args.levers:
         r["levers"] = []

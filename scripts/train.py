@@ -192,12 +192,13 @@ def style_bank(d: dict, args) -> StyleBank | None:
     crops are then seen without labels (recorded in the checkpoint)."""
     if not args.style_mix:
         return None
+    present = set(np.unique(d["sources"]))
     names = (args.style_sources.split(",") if args.style_sources
-             else [s for s in (*SOURCE_SHARE, "txl_pbc") if s != args.exclude_source])
-    unknown = sorted(set(names) - set(np.unique(d["sources"])))
+             else [s for s in (*SOURCE_SHARE, "txl_pbc") if s != args.exclude_source and s in present])
+    unknown = sorted(set(names) - present)
     if unknown:
         raise SystemExit(f"--style-sources: no crops of {unknown} in the cache; choose from "
-                         f"{sorted(set(np.unique(d['sources'])))}")
+                         f"{sorted(present)}")
     m = np.isin(d["sources"], names) & (d["splits"] == "train")
     return StyleBank(d["images"][m], d["sources"][m], args.seed)
 

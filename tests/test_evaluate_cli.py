@@ -69,3 +69,20 @@ def test_loso_framed_scores_the_kiosk_square(monkeypatch):
     # no square anywhere: every photo is scored whole (class 0), so the train photo labelled 1 is wrong
     assert evaluate.eval_checkpoint_framed(_SideClassifier(), "pbc", ("train",), 8)["five_class_accuracy"] == 0.0
     assert evaluate.eval_checkpoint_framed(_SideClassifier(), "chula", ("test",), 8) is None
+
+
+def test_unseen_slides_row_scores_only_what_the_style_bank_never_held(monkeypatch):
+    # Chula crops on train/val/test slides; the classifier calls every crop class 0, so the unseen-slide
+    # accuracy is the share of class-0 crops among val+test only (the train crop, labelled 1, is left out).
+    images = np.zeros((5, 128, 128, 3), np.uint8)
+    cache = {"images": images, "labels": np.array([1, 0, 0, 1, 0]),
+             "sources": np.array(["chula", "chula", "chula", "chula", "tecom"]),
+             "splits": np.array(["train", "val", "test", "test", "test"]), "keys": np.arange(5).astype(str)}
+    monkeypatch.setattr(evaluate.data, "load", lambda name: cache)
+    clf = _SideClassifier()
+    clf.style_sources = ["bccd", "pbc"]
+    assert evaluate.unseen_slides_row(clf, "chula", 8) == {}  # the left-out source was not in the bank
+    clf.style_sources = ["bccd", "chula", "pbc"]
+    row = evaluate.unseen_slides_row(clf, "chula", 8)
+    assert row["n_unseen"] == 3 and row["acc_tta_unseen"] == pytest.approx(2 / 3)
+    assert row["tecom_tta"] == 1.0 and row["style_sources"] == ["bccd", "chula", "pbc"]

@@ -8,6 +8,7 @@ A flat grey field, not a cell: only the noise's grain is measured.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from scripts import augment
@@ -84,3 +85,37 @@ def test_crop_set_at_share_0_and_1_replays_1_5_0_and_runs_cls_pf():
             frame = kiosk_framing.augment_frame(frames[i]) if r.random() < 0.5 else None
             view = augment.training_view(images[i], r, 1.0, augment.CROP_SCALE, augment.CROP_SHIFT, frame, first)
             assert np.array_equal(ds[i][0].numpy(), preprocess.classifier_input(view)[0])
+
+
+def _texture(seed: int) -> np.ndarray:
+    """A sharp-edged test pattern (squares of random colours): lots of high-frequency amplitude."""
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(40, 220, (16, 16, 3)).astype(np.uint8), (128, 128),
+                      interpolation=cv2.INTER_NEAREST)
+
+
+class _Fixed:
+    """An rng whose uniform() returns one mixing weight."""
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def uniform(self, lo, hi):
+        return self.lam
+
+
+def test_amplitude_mix_keeps_the_image_at_zero_and_takes_the_styles_sharpness_at_one():
+    img = _texture(0)
+    assert np.abs(augment.amplitude_mix(img, _texture(1), _Fixed(0.0)).astype(int) - img).max() <= 1
+    # The style is the same picture defocused: its amplitude with the image's own phase is that defocus,
+    # so the mix at weight 1 gives back (nearly) the blurred picture, and no longer the sharp one.
+    blurred = cv2.GaussianBlur(img, (0, 0), 2.0, borderType=cv2.BORDER_REFLECT)
+    out = augment.amplitude_mix(img, blurred, _Fixed(1.0)).astype(np.float32)
+    inner = (slice(16, -16), slice(16, -16))  # away from the borders, where reflect and FFT wrap differ
+    to_blurred = np.abs(out - blurred)[inner].mean()
+    to_sharp = np.abs(out - img)[inner].mean()
+    assert to_blurred < 0.25 * to_sharp
+    # the weight runs between the two: sharpness (mean gradient) falls as it rises
+    grads = [np.abs(np.diff(augment.amplitude_mix(img, blurred, _Fixed(w)).astype(np.float32), axis=1)).mean()
+             for w in (0.0, 0.5, 1.0)]
+    assert grads[0] > grads[1] > grads[2]
