@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_app.config import QualityConfig
+
 logger = logging.getLogger(__name__)
 
 # Width the grey frame is reduced to before measuring (cheap and
@@ -50,13 +52,15 @@ def focus_measure(grey: np.ndarray) -> float:
 class QualityGate:
     """Stateful focus/exposure check; ``assess(frame)`` per frame."""
 
-    def __init__(self, cfg=None, history: int = 30):
-        self.min_focus = getattr(cfg, "min_focus", 5.0)
-        self.relative_focus = getattr(cfg, "relative_focus", 0.35)
-        self.min_brightness = getattr(cfg, "min_brightness", 40.0)
-        self.max_brightness = getattr(cfg, "max_brightness", 250.0)
-        self.max_clipped = getattr(cfg, "max_clipped", 0.25)
-        self.reset_frames = getattr(cfg, "relative_reset_frames", 60)
+    def __init__(self, cfg: QualityConfig | None = None, history: int = 30):
+        # The defaults live in QualityConfig only (one place to change them).
+        cfg = cfg or QualityConfig()
+        self.min_focus = cfg.min_focus
+        self.relative_focus = cfg.relative_focus
+        self.min_brightness = cfg.min_brightness
+        self.max_brightness = cfg.max_brightness
+        self.max_clipped = cfg.max_clipped
+        self.reset_frames = cfg.relative_reset_frames
         self._sharp = collections.deque(maxlen=history)
         self._paused_run = 0
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_app.config import TrackingConfig
 from edge_app.preprocess import square_box
 
 logger = logging.getLogger(__name__)
@@ -138,17 +139,20 @@ class Match:
 
 
 class Tracker:
-    def __init__(self, cfg=None):
-        self.confirm_hits = getattr(cfg, "confirm_hits", 3)
-        self.confirm_score = getattr(cfg, "confirm_score", 0.0)
-        self.confirm_hits_weak = getattr(cfg, "confirm_hits_weak", 10)
-        self.match_distance = getattr(cfg, "match_distance", 0.6)
-        self.max_age = getattr(cfg, "max_age_frames", 3600)
-        self.votes_per_track = getattr(cfg, "votes_per_track", 3)
-        self.max_classify = getattr(cfg, "max_classify_per_track", 6)
-        self.count_after_lost = getattr(cfg, "count_after_lost_frames", 8)
-        self.drop_unconfirmed_after = getattr(cfg, "drop_unconfirmed_after", 6)
-        self.dedupe_distance = getattr(cfg, "dedupe_distance", 1.5)
+    def __init__(self, cfg: TrackingConfig | None = None):
+        # The defaults live in TrackingConfig only, so that a Tracker built
+        # without a config behaves exactly like the shipped configuration.
+        cfg = cfg or TrackingConfig()
+        self.confirm_hits = cfg.confirm_hits
+        self.confirm_score = cfg.confirm_score
+        self.confirm_hits_weak = cfg.confirm_hits_weak
+        self.match_distance = cfg.match_distance
+        self.max_age = cfg.max_age_frames
+        self.votes_per_track = cfg.votes_per_track
+        self.max_classify = cfg.max_classify_per_track
+        self.count_after_lost = cfg.count_after_lost_frames
+        self.drop_unconfirmed_after = cfg.drop_unconfirmed_after
+        self.dedupe_distance = cfg.dedupe_distance
         self.edge_px = 3.0
         self.tracks: list[Track] = []
         self._next_id = 1

@@ -70,3 +70,9 @@ def test_clipped_histogram_is_badly_exposed():
     img[:, :300] = 255  # half the field burnt white
     q = QualityGate(QualityConfig()).assess(img)
     assert not q.ok and "exposed" in q.reason
+
+
+def test_a_gate_without_a_config_uses_the_configured_exposure_limits():
+    """QualityConfig holds the only defaults: a frame too dark for it is too dark for QualityGate()."""
+    dark = np.full((240, 320, 3), int(QualityConfig().min_brightness) - 5, np.uint8)
+    assert "too dark" in QualityGate().assess(dark).reason

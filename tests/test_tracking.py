@@ -170,3 +170,12 @@ def test_neighbours_seen_together_are_both_counted():
     assert len(ready) == 2
     ready[0].counted = True
     assert t.ready(6) == [ready[1]]
+
+
+def test_a_tracker_without_a_config_uses_the_shipped_hysteresis():
+    """TrackingConfig holds the only defaults: a weak detection seen 4 times is not confirmed."""
+    for t in (Tracker(), Tracker(TrackingConfig())):
+        origin = np.zeros(2)
+        for f in range(4):
+            t.update(np.array([box_at((320.0, 240.0), origin)]), [0.3], origin, f, (W, H))
+        assert t.tracks[0].hits == 4 and not t.tracks[0].confirmed
