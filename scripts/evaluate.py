@@ -403,10 +403,13 @@ def eval_checkpoint(clf: TorchClassifier, src: str, splits, views: int) -> tuple
 
 
 def unseen_slides_row(clf: TorchClassifier, src: str, views: int) -> dict:
-    """Extra LOSO fields for a run whose style bank held the left-out source's train-split crops
-    (without labels): the figures on its val and test slides only, whose pixels the run never saw,
-    and on Tecom, which no run sees, to show what the mix did to a stain outside the bank."""
-    if src not in clf.style_sources:
+    """Extra LOSO fields on the left-out source's val and test slides only, and on Tecom, which no run sees.
+
+    A run whose style bank held the left-out source's train-split crops (without labels) saw those
+    pixels, so its val+test slides are the only part it never saw. A frame source's row gets the same
+    slice without a bank too, so that a run with the style mix and its control compare on the same
+    crops. A single-cell photo source left out without a bank gets nothing here (all of it is unseen)."""
+    if src not in clf.style_sources and src in kiosk_framing.CROP_SOURCES:
         return {}
     m, t = eval_checkpoint(clf, src, ("val", "test"), views)
     out = {"style_sources": clf.style_sources, "n_unseen": m["n_five"], "acc_unseen": m["five_class_accuracy"],

@@ -71,7 +71,7 @@ def test_loso_framed_scores_the_kiosk_square(monkeypatch):
     assert evaluate.eval_checkpoint_framed(_SideClassifier(), "chula", ("test",), 8) is None
 
 
-def test_unseen_slides_row_scores_only_what_the_style_bank_never_held(monkeypatch):
+def test_unseen_slides_row_scores_only_val_and_test_slides_with_or_without_a_style_bank(monkeypatch):
     # Chula crops on train/val/test slides; the classifier calls every crop class 0, so the unseen-slide
     # accuracy is the share of class-0 crops among val+test only (the train crop, labelled 1, is left out).
     images = np.zeros((5, 128, 128, 3), np.uint8)
@@ -80,9 +80,22 @@ def test_unseen_slides_row_scores_only_what_the_style_bank_never_held(monkeypatc
              "splits": np.array(["train", "val", "test", "test", "test"]), "keys": np.arange(5).astype(str)}
     monkeypatch.setattr(evaluate.data, "load", lambda name: cache)
     clf = _SideClassifier()
-    clf.style_sources = ["bccd", "pbc"]
-    assert evaluate.unseen_slides_row(clf, "chula", 8) == {}  # the left-out source was not in the bank
+    clf.style_sources = []  # the control run: no bank, the same slice, so the pair compares like with like
+    row = evaluate.unseen_slides_row(clf, "chula", 8)
+    assert row["n_unseen"] == 3 and row["acc_tta_unseen"] == pytest.approx(2 / 3) and row["tecom_tta"] == 1.0
+    assert evaluate.unseen_slides_row(clf, "pbc", 8) == {}  # a photo source left out without a bank: all unseen
     clf.style_sources = ["bccd", "chula", "pbc"]
     row = evaluate.unseen_slides_row(clf, "chula", 8)
     assert row["n_unseen"] == 3 and row["acc_tta_unseen"] == pytest.approx(2 / 3)
     assert row["tecom_tta"] == 1.0 and row["style_sources"] == ["bccd", "chula", "pbc"]
+
+
+def test_unseen_slides_paragraph_says_whether_the_bank_held_the_left_out_source():
+    from scripts.eval_report import unseen_slides_paragraph
+    row = {"source": "chula", "ckpt": "runs/x/classifier.pt", "views": 8, "n_unseen": 62, "acc_unseen": 0.5,
+           "acc_tta_unseen": 0.6, "f1_tta_unseen": 0.55, "tecom_tta": 0.59}
+    control = " ".join(unseen_slides_paragraph(dict(row, style_sources=[])))
+    assert "left out chula entirely" in control and "0.600 with 8 views" in control and "0.590" in control
+    mixed = " ".join(unseen_slides_paragraph(dict(row, style_sources=["bccd", "chula"])))
+    assert "never seen even unlabelled" in mixed and "bccd, chula in the style bank" in mixed
+    assert unseen_slides_paragraph({"source": "pbc", "ckpt": "c"}) == []
