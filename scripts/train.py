@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -77,25 +78,36 @@ class WeightAverage:
     epoch-to-epoch wobble of a small network on a few thousand crops, costs one
     lerp per step, and exports like any checkpoint (same state_dict keys)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: int = 0):
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def step_decay(self) -> float:
+        """The decay of the next update. With ``warmup`` (steps) it ramps up as
+        ``decay * (1 - exp(-t / warmup))`` (YOLOv5's ModelEMA), so the random
+        initial weights stop dominating the average after a few hundred steps
+        instead of a few thousand; 0 keeps the constant decay (earlier runs replay)."""
+        if not self.warmup:
+            return self.decay
+        return self.decay * (1.0 - math.exp(-self.updates / self.warmup))
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = self.step_decay()
         live = model.state_dict()
         for k, v in self.model.state_dict().items():
             if v.dtype.is_floating_point:
-                v.lerp_(live[k].detach(), 1.0 - self.decay)
+                v.lerp_(live[k].detach(), 1.0 - decay)
             else:  # e.g. num_batches_tracked
                 v.copy_(live[k])
 
 
 def averaged(model, args):
     """The weight average to score and save when ``--ema`` is set, else None."""
-    return WeightAverage(model, args.ema) if args.ema else None
+    return WeightAverage(model, args.ema, args.ema_warmup) if args.ema else None
 
 
 def take_step(model, opt, sched, ema: WeightAverage | None, loss) -> None:
@@ -626,7 +638,8 @@ DEFAULTS = {
 }
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with the task's shipped defaults filled in where it is silent."""
     ap = argparse.ArgumentParser(description="Train the WBC classifier or detector.")
     ap.add_argument("task", choices=("classifier", "detector"))
     ap.add_argument("--out", required=True)
@@ -639,6 +652,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wd", type=float, default=5e-4)
     ap.add_argument("--ema", type=float,
                     help="score and save an exponential moving average of the weights with this decay (0 = off)")
+    ap.add_argument("--ema-warmup", type=int, default=0, metavar="STEPS",
+                    help="ramp the average's decay up over about this many steps (0 = constant decay)")
     ap.add_argument("--aug", type=float, default=1.0, help="photometric augmentation strength (0 = off)")
     ap.add_argument("--exclude-source", default=None, help="leave this source out of training (LOSO)")
     ap.add_argument("--ssl", default=None, help="comma-separated sources whose train crops are used unlabelled")
@@ -689,6 +704,11 @@ def main(argv=None) -> int:
     for k, v in DEFAULTS[args.task].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
