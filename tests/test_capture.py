@@ -182,3 +182,46 @@ def test_lost_camera_is_reopened_with_backoff_and_reported():
     assert cam.opens == 4 and t.reopens == 2
     assert (CaptureState.REOPENING, "camera lost") in states
     assert max(got) == 12  # frames flow again after the reconnect
+
+
+def test_image_folder_skips_a_file_it_cannot_read(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    (tmp_path / "f1b.jpg").mkdir()  # listed as an image, and np.fromfile raises OSError on it
+    with open_source(str(tmp_path)) as src:
+        frames = []
+        while (f := src.read()) is not None:
+            frames.append(f)
+    assert len(frames) == 3 and src.skipped == 1
+
+
+class BrokenMidStream(FrameSource):
+    """A recording whose driver raises something other than CaptureError after two frames."""
+
+    live = False
+
+    def __init__(self):
+        self.n = 0
+
+    def open(self) -> None:
+        self.n = 0
+
+    def read(self):
+        self.n += 1
+        if self.n > 2:
+            raise RuntimeError("driver bug")
+        return Frame(np.zeros((8, 8, 3), np.uint8), self.n - 1, time.monotonic(), 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_error_mid_stream_is_a_failure_not_the_end_of_the_source():
+    t = CaptureThread(BrokenMidStream())
+    t.start()
+    while not t.finished:
+        t.get(timeout=0.05)
+    t.stop()
+    # ENDED would close the session as complete and queue a partial count for delivery
+    assert t.state == CaptureState.FAILED
+    assert "driver bug" in t.error and "frame 3" in t.error

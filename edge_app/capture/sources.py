@@ -205,7 +205,12 @@ class ImageFolderSource(FrameSource):
             index = self.pos
             self.pos += 1
             t0 = time.perf_counter()
-            data = np.fromfile(str(path), dtype=np.uint8)
+            try:
+                data = np.fromfile(str(path), dtype=np.uint8)
+            except OSError as exc:  # removed since open(), a folder named *.jpg, an I/O error
+                self.skipped += 1
+                logger.warning("skipping image %s: cannot read it (%s)", path.name, exc)
+                continue
             bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
             if bgr is None:
                 # One bad file must not end a session: skip it, say so.

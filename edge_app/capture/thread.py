@@ -145,6 +145,11 @@ class CaptureThread(threading.Thread):
                         break
                     self._set(CaptureState.STREAMING, "camera back")
                     continue
+                except Exception as exc:  # a driver/OS error mid-stream: a failure, never a finished source
+                    logger.exception("source failed while reading")
+                    self.error = f"source failed while reading frame {self.read_count + 1}: {exc}"
+                    self._set(CaptureState.FAILED, self.error)
+                    break
                 if frame is None:
                     self._set(CaptureState.ENDED, "end of source")
                     break
