@@ -225,6 +225,8 @@ class LiveRun:
             payload = p.tally.payload(session_id=self.info.session_id, meta=self.info.meta, frames=p.frames,
                                       fps=fps, finalised_at=utcnow())
             destinations = () if self.blocked else ("fhir",)
+            if self.blocked:  # kept with the result, so no later send (lis, sync) can deliver it either
+                payload["not_reported"] = self.blocked
             self.store.finalise_session(self.info.session_id, payload, destinations=destinations, frames=p.frames)
             logger.info("session %s finalised: %d cells (%s)", self.info.session_id, p.tally.total, reason)
         if payload is None and reason == "error" and not p.tally.cells and not self.info.resumed:

@@ -142,6 +142,7 @@ def test_payload_holds_only_what_the_report_needs(tmp_path):
     (lambda p: p["ci95"].update(neutrophil=[90.0, 95.0]), "does not bracket"),
     (lambda p: p["counts"].update(basophil=50), "'total' does not equal"),
     (lambda p: p["percent"].update(monocyte="lots"), "malformed"),
+    (lambda p: p.update(not_reported="SELF-TEST FAILED"), "never reported"),
 ])
 def test_malformed_payload_is_a_permanent_error_naming_the_field(tmp_path, damage, words):
     _, entry = _bundle(tmp_path)

@@ -47,6 +47,14 @@ def test_failed_selftest_blocks_reporting(tmp_path):
     assert "results will not be reported" in r.stderr
     outbox, results = _outbox_and_results(tmp_path)
     assert results == 1 and outbox == 0
+    # ... and no later send can deliver it: the refusal travels with the result
+    with Store(tmp_path) as store:
+        (sid,) = store.conn.execute("SELECT session_id FROM results").fetchone()
+        assert "self-test" in store.result(sid)["not_reported"].lower()
+    lis = subprocess.run([sys.executable, "-m", "edge_app", "lis", "send", sid, "--hl7", "127.0.0.1:9",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert lis.returncode == 1 and "never reported" in lis.stderr and "Traceback" not in lis.stderr
+    assert _outbox_and_results(tmp_path) == (0, 1)
 
 
 def test_no_selftest_on_record_reports_as_usual(tmp_path):

@@ -61,6 +61,11 @@ def main(args) -> int:
                                     "lis.retries": args.retries})
     store = Store(args.data_dir)
     session_id, result_id, payload = _result(store, args.session)
+    if payload.get("not_reported") and args.lis_action == "send":
+        print(f"wbc-counter lis: session {session_id} was counted while the self-test had not passed "
+              f"({payload['not_reported']}); it is never reported. Run 'wbc-counter selftest', then count "
+              "the sample again.", file=sys.stderr)
+        return 1
     if args.lis_action == "show":
         return _show(args.format or ("hl7" if args.hl7 else "astm"), result_id, payload)
 

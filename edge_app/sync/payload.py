@@ -50,6 +50,9 @@ class ResultPayload:
             v = payload.get(key)
             return None if v in (None, "") else str(v)
 
+        if payload.get("not_reported"):
+            raise PermanentError(f"result {result_id[:12]} was counted while the self-test had not passed "
+                                 "and is never reported: run 'wbc-counter selftest', then count the sample again")
         try:
             counts = {c: int(need("counts")[c]) for c in FIVE_PART}
             percent = {c: float(need("percent")[c]) for c in FIVE_PART}
