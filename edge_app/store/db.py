@@ -55,31 +55,46 @@ class Store:
             raise StoreError(f"cannot open the database at {self.path}: {exc} "
                              "(check --data-dir exists and is writable)") from exc
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout=30000")
-        if not readonly:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.migrate()
+        try:
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                self.migrate()
+            else:
+                self.schema_version()  # a file that is not a database fails here, not in the caller
+        except sqlite3.Error as exc:
+            self.conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StoreError(f"the database at {self.path} stayed locked by another wbc-counter process "
+                                 "for 30 s: try again in a minute") from exc
+            raise StoreError(f"the database at {self.path} cannot be read ({exc}): call service and do not "
+                             "delete it, results not yet sent may be inside") from exc
 
     # -- schema ---------------------------------------------------------
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     def migrate(self) -> None:
-        current = self.schema_version()
         for number, name, sql in _migrations():
-            if number <= current:
+            if number <= self.schema_version():
                 continue
-            logger.info("applying schema migration %s", name)
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
+                # Read again under the write lock: another process opening the same fresh
+                # database (selftest, sync and the counter at first boot) may have applied it.
+                if number <= self.schema_version():
+                    self.conn.execute("COMMIT")
+                    continue
+                logger.info("applying schema migration %s", name)
                 for statement in _split_sql(sql):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version={number}")
                 self.conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise StoreError(f"schema migration {name} failed: {exc}") from exc
 
     def close(self) -> None:
