@@ -166,13 +166,22 @@ class Config(_Strict):
 
 
 def _read_file(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml  # optional: only needed for YAML configs
         except ImportError as exc:
             raise ConfigError(f"{path}: YAML config needs PyYAML (pip install pyyaml) or use TOML") from exc
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     else:
         try:
             import tomllib
@@ -212,7 +221,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if value is None:
             continue
         section, key = dotted.split(".", 1)
-        data.setdefault(section, {})[key] = value
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):  # e.g. "tally = 5" in the file
+            raise ConfigError(f"{source}: '{section}' must be a section ([{section}] with keys), "
+                              f"got {type(table).__name__}")
+        table[key] = value
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

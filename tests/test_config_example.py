@@ -42,3 +42,24 @@ def test_broken_toml_and_missing_file_are_clear(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_broken_yaml_and_non_utf8_files_are_clear(tmp_path):
+    pytest.importorskip("yaml")
+    bad = tmp_path / "c.yaml"
+    bad.write_text("tally: [target: 3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    latin = tmp_path / "l.toml"
+    latin.write_bytes(b"[kiosk]\n# op\xe9rateur\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(latin)
+
+
+def test_a_section_given_as_a_value_is_clear_with_an_override(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("tally = 5\n")
+    with pytest.raises(ConfigError, match="'tally' must be a section"):
+        load_config(cfg, {"tally.target": 3})
+    with pytest.raises(ConfigError, match="tally"):
+        load_config(cfg)  # without an override the validator names it
