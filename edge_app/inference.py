@@ -58,8 +58,13 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise BackendError(f"model manifest {path} is not valid JSON: {exc}") from exc
-        if tuple(data.get("classes", ())) != CLASSES:
-            raise BackendError(f"model manifest classes {data.get('classes')} differ from this app's {list(CLASSES)}")
+        if not isinstance(data, dict) or tuple(data.get("classes", ())) != CLASSES:
+            got = data.get("classes") if isinstance(data, dict) else None
+            raise BackendError(f"model manifest classes {got} differ from this app's {list(CLASSES)}")
+        problem = _manifest_problem(data)
+        if problem:
+            raise BackendError(f"model manifest {path} is incomplete: {problem} (reinstall the model folder "
+                               "from the release)")
         return cls(d, data)
 
     @property
@@ -97,6 +102,31 @@ class Manifest:
     def stain_norm(self) -> bool:
         """Whether the classifier was trained on stain-density-referenced crops (absent = no)."""
         return bool(self.entry("classifier").get("preprocess", {}).get("stain_norm", False))
+
+
+def _manifest_problem(data: dict) -> str | None:
+    """What a manifest lacks that the runtime reads, or None: checked once at load so a
+    hand-edited or truncated manifest is one clear message, not a KeyError mid-run."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return "no 'models' table"
+    for net in ("detector", "classifier"):
+        entry = models.get(net)
+        if not isinstance(entry, dict):
+            return f"no '{net}' entry under 'models'"
+        for key, kind in (("files", dict), ("sha256", dict), ("outputs", list), ("input", dict)):
+            if not isinstance(entry.get(key), kind):
+                return f"models.{net}.{key} is missing or not a {kind.__name__}"
+        missing = sorted(set(entry["files"].values()) - set(entry["sha256"]))
+        if missing:
+            return f"models.{net}.sha256 has no hash for {', '.join(missing)}"
+        if not all(isinstance(o, dict) and isinstance(o.get("shape"), list) for o in entry["outputs"]):
+            return f"models.{net}.outputs lack a 'shape'"
+        if not isinstance(entry["input"].get("shape"), list):
+            return f"models.{net}.input has no 'shape'"
+    if not isinstance(models["detector"].get("stride"), int):
+        return "models.detector.stride is missing or not a whole number"
+    return None
 
 
 def create_backend(manifest: Manifest, net: str, backend: str = "auto", precision: str = "int8",

@@ -96,6 +96,21 @@ def test_broken_model_file_is_refused_with_a_clear_message(tmp_path):
     assert "corrupt" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m["models"]["classifier"]["sha256"].clear(), "models.classifier.sha256 has no hash"),
+    (lambda m: m["models"]["detector"].pop("stride"), "models.detector.stride"),
+    (lambda m: m["models"].pop("detector"), "no 'detector' entry"),
+])
+def test_an_incomplete_manifest_is_refused_with_a_clear_message(tmp_path, damage, words):
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("parity", "*.png", "*.md"))
+    manifest = json.loads((models / "manifest.json").read_text())
+    damage(manifest)
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    r = wbc("detect", "--json", "--model-dir", str(models), str(FRAMES[0]), tmp_path=tmp_path)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("verb", ["classify", "detect"])
 def test_bad_config_key_names_the_key(tmp_path, verb):
     cfg = tmp_path / "bad.toml"
