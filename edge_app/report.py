@@ -28,13 +28,15 @@ THUMB = 64
 GALLERY_PER_CLASS = 16
 
 
-def session_result(store: Store, session_id: str) -> tuple[dict, dict, bool]:
-    """(session row as dict, result payload, final?) for a session id or unique prefix."""
+def session_result(store: Store, session_id: str, ci_method: str = "wilson") -> tuple[dict, dict, bool]:
+    """(session row as dict, result payload, final?) for a session id or unique prefix. A session
+    still open is tallied from its cells with ``ci_method``, the kiosk's ``[tally] ci_method``, so the
+    preliminary intervals match its screen; a finalised one keeps the method it was closed with."""
     row = dict(store.session(session_id))
     payload = store.result(row["id"])
     if payload is not None:
         return row, payload, True
-    tally = Tally.from_store(store, row["id"], row["target"], "wilson", row["wbc_count"])
+    tally = Tally.from_store(store, row["id"], row["target"], ci_method, row["wbc_count"])
     meta = {k: row[k] for k in ("sample_id", "operator", "device", "model_version", "backend")}
     payload = tally.payload(session_id=row["id"], meta=meta, frames=row["frames"], fps=0.0,
                             finalised_at=None)
@@ -163,9 +165,10 @@ Started {e(row['started_at'])}, status {e(row['status'])}; five-part cells {payl
 """
 
 
-def write_report(store: Store, session_id: str, out_dir: str | Path) -> tuple[str, Path, Path]:
+def write_report(store: Store, session_id: str, out_dir: str | Path,
+                 ci_method: str = "wilson") -> tuple[str, Path, Path]:
     """Returns (text summary, png path, html path)."""
-    row, payload, final = session_result(store, session_id)
+    row, payload, final = session_result(store, session_id, ci_method)
     crops = _crops(store, row["id"])
     corrections = [dict(c) for c in store.corrections(row["id"])]
     out = Path(out_dir)

@@ -73,6 +73,19 @@ def test_open_session_is_preliminary(tmp_path):
     assert r.returncode == 0 and "PRELIMINARY" in r.stdout
 
 
+def test_an_open_session_uses_the_configured_interval(tmp_path):
+    store = Store(tmp_path / "d")
+    sid = store.open_session(target=100)
+    for _ in range(3):
+        store.add_cell(sid, label="neutrophil", confidence=0.9)
+    store.close()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[tally]\nci_method = "clopper-pearson"\n')
+    r = cli("report", sid, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "d"), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "95% CI (clopper-pearson)" in r.stdout  # as the kiosk's screen shows it
+
+
 def test_unknown_session_and_missing_db_are_clear(tmp_path):
     r = cli("report", "nope", "--data-dir", str(tmp_path / "empty"))
     assert r.returncode == 2 and "no database" in r.stderr and "Traceback" not in r.stderr

@@ -64,6 +64,11 @@ def test_bad_sources_fail_with_one_clear_line(tmp_path, source, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_bad_wbc_count_is_refused_like_the_config_key(tmp_path):
+    r = cli("run", "--source", str(SAMPLE_VIDEO), "--headless", "--wbc-count", "-7", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "tally.wbc_count" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_corrupt_video_fails_clearly(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 50)

@@ -22,7 +22,10 @@ def add_parser(sub):
 
 
 def main(args) -> int:
+    from edge_app.config import load_config
     from edge_app.report import write_report
+
+    cfg = load_config(args.config)  # a bad config is said (by cli) before anything is written
 
     db = args.data_dir / "wbc.sqlite3"
     if not db.is_file():
@@ -31,7 +34,7 @@ def main(args) -> int:
     out_dir = args.out or (args.data_dir / "reports")
     with Store(args.data_dir) as store:
         try:
-            text, png, page = write_report(store, args.session, out_dir)
+            text, png, page = write_report(store, args.session, out_dir, cfg.tally.ci_method)
         except OSError as exc:
             print(f"wbc-counter report: error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
             return 2

@@ -62,7 +62,8 @@ def write_summary(path: str, payload: dict) -> None:
 def main(args) -> int:
     from edge_app.runner import LiveRun
 
-    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "tally.target": args.target}
+    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "tally.target": args.target,
+                 "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
     if args.headless:
         overrides["display.output"] = "headless"
     cfg = load_config(args.config, overrides)
@@ -80,7 +81,7 @@ def main(args) -> int:
         if args.record:
             recorder = Mp4Recorder(args.record, size, fps=float(cfg.capture.fps))
         run = LiveRun(cfg=cfg, bundle=bundle, source=source, store=store, sink=sink, recorder=recorder,
-                      sample_id=args.sample_id, wbc_count=args.wbc_count)
+                      sample_id=args.sample_id, wbc_count=cfg.tally.wbc_count)
         run.install_signal_handlers()
         result = run.run()
     except DisplayError as exc:
