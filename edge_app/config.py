@@ -54,6 +54,9 @@ class CaptureConfig(_Strict):
     fps: int = Field(30, ge=1, le=240)
     # Seconds between reopen attempts of a lost camera grow up to this cap.
     reopen_max_backoff_s: float = Field(10.0, gt=0)
+    # A camera missing when the counter starts is waited for (the screen says so) instead
+    # of ending the run: what a kiosk booted before its USB microscope was plugged in needs.
+    wait_for_camera: bool = False
     # Optional blank-field capture (flat-field + white reference) for this device.
     flat_field: Optional[str] = None
 

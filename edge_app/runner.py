@@ -106,7 +106,8 @@ class LiveRun:
         self.info = open_or_resume(store, cfg, live=source.live, sample_id=sample_id, backend=bundle.backend_name,
                                    model_version=bundle.version, target=self.target,
                                    wbc_count=wbc_count if wbc_count is not None else cfg.tally.wbc_count)
-        self.capture = CaptureThread(source, max_backoff_s=cfg.capture.reopen_max_backoff_s, max_frames=max_frames)
+        self.capture = CaptureThread(source, max_backoff_s=cfg.capture.reopen_max_backoff_s, max_frames=max_frames,
+                                     wait_for_source=cfg.capture.wait_for_camera)
         self.writer = StoreWriter(store, cfg.store.crop_size, cfg.store.jpeg_quality)
         # A failed self-test (or one for another model) keeps results from being
         # reported: counting goes on for the technician, nothing enters the outbox.

@@ -225,3 +225,57 @@ def test_an_unexpected_error_mid_stream_is_a_failure_not_the_end_of_the_source()
     # ENDED would close the session as complete and queue a partial count for delivery
     assert t.state == CaptureState.FAILED
     assert "driver bug" in t.error and "frame 3" in t.error
+
+
+class LateCamera(FrameSource):
+    """A live camera that is not plugged in for its first two opens, then delivers 5 frames."""
+
+    live = True
+
+    def __init__(self):
+        self.opens = 0
+        self.i = 0
+
+    def open(self):
+        self.opens += 1
+        if self.opens <= 2:
+            raise CaptureError("camera /dev/video0 not found")
+
+    def read(self):
+        self.i += 1
+        if self.i > 5:
+            return None
+        time.sleep(0.005)
+        return Frame(np.zeros((4, 4, 3), np.uint8), self.i, time.monotonic(), 0.0)
+
+
+def test_a_camera_missing_at_start_fails_unless_waited_for():
+    t = CaptureThread(LateCamera())
+    t.start()
+    t.join(5)
+    assert t.state == CaptureState.FAILED and "not found" in t.error
+
+    t = CaptureThread(LateCamera(), first_backoff_s=0.05, max_backoff_s=0.1, wait_for_source=True)
+    messages, got = set(), []
+    t.start()
+    while not t.finished:
+        messages.add(t.message.split(":")[0])
+        f = t.get(timeout=0.02)
+        if f is not None:
+            got.append(f.index)
+    t.stop()
+    assert got == [1, 2, 3, 4, 5] and t.source.opens == 3
+    assert any(m.startswith("waiting for the camera") for m in messages)
+
+
+def test_waiting_for_a_camera_ends_cleanly_when_stopped():
+    class NeverThere(LateCamera):
+        def open(self):
+            raise CaptureError("camera /dev/video0 not found")
+
+    t = CaptureThread(NeverThere(), first_backoff_s=0.05, max_backoff_s=0.1, wait_for_source=True)
+    t.start()
+    time.sleep(0.3)
+    assert t.state == CaptureState.REOPENING and not t.finished
+    t.stop()
+    assert t.state == CaptureState.ENDED and t.error is None

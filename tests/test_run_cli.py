@@ -69,6 +69,22 @@ def test_a_bad_wbc_count_is_refused_like_the_config_key(tmp_path):
     assert r.returncode == 2 and "tally.wbc_count" in r.stderr and "Traceback" not in r.stderr
 
 
+@requires_model
+def test_wait_for_camera_keeps_the_kiosk_up_until_stopped(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge_app", "run", "--source", "v4l2:///dev/video99",
+                             "--headless", "--wait-for-camera", "--data-dir", str(tmp_path)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # model load, then the capture thread retries the missing camera
+    assert proc.poll() is None, proc.stderr.read()  # without the flag it exits 2 at once (above)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert "waiting for it" in err and "Traceback" not in err
+    assert proc.returncode == 1 and "left open (signal)" in err  # stopped like systemctl stop, resumable
+
+
 def test_corrupt_video_fails_clearly(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 50)

@@ -50,7 +50,8 @@ def test_counter_is_a_sandboxed_notify_service_with_watchdog(units):
     svc = units["wbc-counter.service"]
     assert one(svc, "Service", "Type") == "notify"
     assert one(svc, "Service", "WatchdogSec")
-    assert one(svc, "Service", "Restart") == "on-failure"
+    assert one(svc, "Service", "Restart") == "always"  # a finished count exits 0: back for the next slide
+    assert " --wait-for-camera " in one(svc, "Service", "ExecStart")
     assert one(svc, "Service", "User") == "wbc"
     assert set(one(svc, "Service", "SupplementaryGroups").split()) == {"video", "dialout"}
     assert one(svc, "Service", "ExecStart").startswith(f"{WRAPPER} run --source ${{WBC_SOURCE}} ")

@@ -34,7 +34,8 @@ class CaptureThread(threading.Thread):
     """Owns the source; ``get()`` hands out frames to one consumer."""
 
     def __init__(self, source: FrameSource, drop_stale: bool | None = None, queue_size: int = 3,
-                 first_backoff_s: float = 0.5, max_backoff_s: float = 10.0, max_frames: int | None = None):
+                 first_backoff_s: float = 0.5, max_backoff_s: float = 10.0, max_frames: int | None = None,
+                 wait_for_source: bool = False):
         super().__init__(name="capture", daemon=True)
         self.source = source
         self.drop_stale = source.live if drop_stale is None else drop_stale
@@ -42,6 +43,8 @@ class CaptureThread(threading.Thread):
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_frames = max_frames
+        # A live source that cannot be opened at start is retried with back-off, not failed.
+        self.wait_for_source = wait_for_source
         self._buf: collections.deque[Frame] = collections.deque()
         self._cond = threading.Condition()
         self._stop_evt = threading.Event()
@@ -97,7 +100,7 @@ class CaptureThread(threading.Thread):
                 self._buf.append(frame)
             self._cond.notify_all()
 
-    def _open_with_backoff(self) -> bool:
+    def _open_with_backoff(self, what: str = "camera lost") -> bool:
         delay = self.first_backoff_s
         while not self._stop_evt.is_set():
             try:
@@ -105,7 +108,7 @@ class CaptureThread(threading.Thread):
                 return True
             except CaptureError as exc:
                 self.reopens += 1
-                msg = f"camera lost: {exc}; retrying in {delay:.0f} s"
+                msg = f"{what}: {exc}; retrying in {delay:.0f} s"
                 logger.warning("%s", msg)
                 self._set(CaptureState.REOPENING, msg)
                 self._stop_evt.wait(delay)
@@ -116,9 +119,14 @@ class CaptureThread(threading.Thread):
         try:
             self.source.open()
         except CaptureError as exc:
-            self.error = str(exc)
-            self._set(CaptureState.FAILED, str(exc))
-            return
+            if not (self.wait_for_source and self.source.live):
+                self.error = str(exc)
+                self._set(CaptureState.FAILED, str(exc))
+                return
+            self._set(CaptureState.REOPENING, f"waiting for the camera: {exc}")
+            if not self._open_with_backoff("waiting for the camera (plug in the microscope camera)"):
+                self._set(CaptureState.ENDED, "stopped while waiting for the camera")
+                return
         except Exception as exc:  # an OpenCV/driver bug must not kill the app silently
             logger.exception("source failed to open")
             self.error = f"source failed to open: {exc}"

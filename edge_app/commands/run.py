@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_app.capture import open_source
+from edge_app.capture import CaptureError, open_source
 from edge_app.config import load_config
 from edge_app.display import DisplayError, Mp4Recorder, open_display
 from edge_app.store import Store
@@ -34,6 +34,9 @@ def add_parser(sub):
     p.add_argument("--fullscreen", action="store_true", help="kiosk: full-screen window")
     p.add_argument("--record", default=None, metavar="OUT.mp4", help="write what the screen shows to an MP4")
     p.add_argument("--summary-json", default=None, metavar="PATH", help="write the result summary as JSON")
+    p.add_argument("--wait-for-camera", action="store_true", default=None,
+                   help="kiosk: a camera missing at start is waited for, with a message on screen, instead of "
+                        "ending the run (sets [capture] wait_for_camera)")
     return p
 
 
@@ -66,12 +69,19 @@ def main(args) -> int:
                  "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
     if args.headless:
         overrides["display.output"] = "headless"
+    if args.wait_for_camera:
+        overrides["capture.wait_for_camera"] = True
     cfg = load_config(args.config, overrides)
     if args.summary_json and not Path(args.summary_json).resolve().parent.is_dir():
         print(f"wbc-counter run: error: folder for --summary-json {args.summary_json} does not exist", file=sys.stderr)
         return 2
     source = open_source(args.source, cfg.capture)
-    source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
+    try:
+        source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
+    except CaptureError as exc:
+        if not (source.live and cfg.capture.wait_for_camera):
+            raise
+        logger.warning("%s; waiting for it (the screen says so)", exc)
     bundle = load_bundle(cfg)
     store = Store(args.data_dir)
     sink = recorder = None
