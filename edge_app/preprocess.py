@@ -210,12 +210,14 @@ class FlatField:
     Built once from a capture of an empty, in-focus slide area taken with the
     same camera settings (``[capture] flat_field`` in the config). The capture
     is blurred so dust does not print into every frame; the per-pixel gain is
-    precomputed, so the per-frame cost is one multiply.
+    precomputed, so the per-frame cost is one multiply. The gain brings the blank
+    to one grey at its mean brightness: it is the white reference too, so a warm
+    or blue lamp (and its colour fringe towards the corners) is removed, not kept.
     """
 
     def __init__(self, blank_rgb: np.ndarray):
         blank = cv2.GaussianBlur(blank_rgb.astype(np.float32), (0, 0), 15)
-        self.gain = (blank.mean(axis=(0, 1), keepdims=True) / np.maximum(blank, 1.0)).astype(np.float32)
+        self.gain = (blank.mean() / np.maximum(blank, 1.0)).astype(np.float32)
 
     @classmethod
     def load(cls, path: str) -> "FlatField":

@@ -1,4 +1,4 @@
-"""Per-device flat-field correction: a blank-field capture removes vignetting."""
+"""Per-device flat-field correction: a blank-field capture removes vignetting and the lamp's colour."""
 
 from __future__ import annotations
 
@@ -53,3 +53,16 @@ def test_unreadable_blank_capture_is_a_clear_error(tmp_path):
         preprocess.FlatField.load(str(bad))
     cv2.imwrite(str(tmp_path / "ok.png"), np.full((48, 64, 3), 200, np.uint8))
     assert preprocess.FlatField.load(str(tmp_path / "ok.png")).gain.shape == (48, 64, 3)
+
+
+def test_blank_field_capture_is_the_white_reference_for_the_lamp_colour():
+    frame = preprocess.read_rgb(str(FRAME)).astype(np.float32)
+    lamp = np.array([1.0, 0.87, 0.65], np.float32)  # a warm halogen lamp on the same field
+    tinted = np.clip(frame * lamp, 0, 255).astype(np.uint8)
+    blank = np.clip(np.full_like(frame, 220) * lamp, 0, 255).astype(np.uint8)
+    corrected = preprocess.FlatField(blank).apply(tinted).astype(np.float32)
+    ok = (frame > 20).all(axis=2) & (frame < 200).all(axis=2)  # away from clipping at either end
+    per_channel = [float(np.median(corrected[..., c][ok] / frame[..., c][ok])) for c in range(3)]
+    assert max(per_channel) - min(per_channel) < 0.03, per_channel  # one brightness scale, no colour cast
+    tinted_ratio = [float(np.median(tinted[..., c][ok] / frame[..., c][ok])) for c in range(3)]
+    assert max(tinted_ratio) - min(tinted_ratio) > 0.3  # the lamp really tinted the frame
