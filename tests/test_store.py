@@ -78,3 +78,46 @@ def test_write_failure_is_reported_not_swallowed(tmp_path):
     w.close()
     assert done[0].kind == "error" and "database write failed" in w.error
     assert store.cells(sid) == []
+
+
+def test_an_unencodable_crop_still_counts_the_cell(tmp_path):
+    store = Store(tmp_path)
+    sid = store.open_session(target=100)
+    w = StoreWriter(store)
+    w.start()
+    bad = np.zeros((4, 4, 7), np.uint8)  # seven channels: OpenCV cannot convert it to BGR
+    w.submit("cell", None, session_id=sid, label="neutrophil", confidence=0.9, crop_rgb=bad)
+    done = drain(w, 1)
+    w.close()
+    assert done[0].kind == "cell" and w.error is None
+    (row,) = store.cells(sid)
+    assert row["label"] == "neutrophil" and row["crop"] is None
+
+
+def test_an_unexpected_write_error_stops_counting_visibly(tmp_path):
+    store = Store(tmp_path)
+    store.open_session(target=100)
+    w = StoreWriter(store)
+    w.start()
+    w.submit("no-such-write", None)  # a programming error: ValueError in the writer thread
+    done = drain(w, 1)
+    w.close()
+    assert done[0].kind == "error" and "ValueError" in w.error and not w.is_alive()
+
+
+def test_writes_still_pending_at_close_are_an_error(tmp_path):
+    import threading
+
+    store = Store(tmp_path)
+    sid = store.open_session(target=100)
+    w = StoreWriter(store)
+    gate = threading.Event()
+    real = w._apply
+    w._apply = lambda kind, args: (gate.wait(5), real(kind, args))[1]  # a disk that hangs
+    w.start()
+    w.submit("cell", None, session_id=sid, label="neutrophil", confidence=0.9)
+    w.close(timeout=0.2)
+    assert w.error and "still pending" in w.error  # so the runner leaves the session open
+    gate.set()
+    w.join(5)
+    assert len(store.cells(sid)) == 1  # the write itself was not lost

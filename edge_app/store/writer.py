@@ -70,17 +70,26 @@ class StoreWriter(threading.Thread):
                 return out
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish every queued write, then stop."""
+        """Finish every queued write, then stop. Writes still queued after ``timeout`` (a disk
+        that hangs) are an error, so the session is left open rather than finalised without them."""
         self._q.put(None)
         if self.is_alive():
             self.join(timeout)
+        if self.is_alive() and self.error is None:
+            self.error = (f"database writes still pending after {timeout:.0f} s ({self.pending} queued): "
+                          "the session is left open; check the disk, then run again to resume it")
+            logger.error("%s", self.error)
 
     # -- writer thread ------------------------------------------------------
     def _apply(self, kind: str, args: dict):
         s = self.store
         if kind == "cell":
             crop = args.pop("crop_rgb", None)
-            args["crop_jpeg"] = encode_crop(crop, self.crop_size, self.jpeg_quality)
+            try:
+                args["crop_jpeg"] = encode_crop(crop, self.crop_size, self.jpeg_quality)
+            except cv2.error as exc:  # the cell still counts; only its gallery picture is lost
+                logger.warning("cell crop not stored (%s)", str(exc).strip().splitlines()[-1][:120])
+                args["crop_jpeg"] = None
             return s.add_cell(**args)
         if kind == "reclassify":
             s.reclassify(args["session_id"], args["cell_id"], args["to_label"], args.get("operator"))
@@ -108,6 +117,11 @@ class StoreWriter(threading.Thread):
                 # Disk full, read-only medium, ...: stop accepting counts and say so.
                 self.error = f"database write failed: {exc} (free disk space or check --data-dir)"
                 logger.error("%s", self.error)
+                value = None
+                kind = "error"
+            except Exception as exc:  # a bug must stop counting visibly, not kill this thread silently
+                logger.exception("store writer: unexpected error on a '%s' write", kind)
+                self.error = f"database write failed: {type(exc).__name__}: {exc} (report this to service)"
                 value = None
                 kind = "error"
             finally:
