@@ -56,3 +56,20 @@ def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path):
         for p in procs:
             p.join(timeout=60)
         assert got == [("ok", latest)] * 4, got
+
+
+def test_a_session_is_found_by_a_unique_prefix_and_only_by_one(tmp_path):
+    with Store(tmp_path) as store:
+        a, b = store.open_session(target=10), store.open_session(target=10)
+        assert store.session(a[:8])["id"] == a and store.session(b)["id"] == b
+        with pytest.raises(StoreError, match="no session"):
+            store.session("_" * 8)  # not a wildcard
+        with pytest.raises(StoreError, match="no session"):
+            store.session("%")
+        with pytest.raises(StoreError, match="no session"):
+            store.session("")
+        twin = a[:6] + ("0" if a[6] != "0" else "1") + b[7:]  # shares a's first six characters
+        store.conn.execute("UPDATE sessions SET id=? WHERE id=?", (twin, b))
+        with pytest.raises(StoreError, match="start of 2 sessions"):
+            store.session(a[:6])
+        assert store.session(twin[:7])["id"] == twin

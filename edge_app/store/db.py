@@ -127,9 +127,14 @@ class Store:
         row = self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
         if row is None:
             # Accept a unique prefix, as technicians read ids off the screen.
-            rows = self.conn.execute("SELECT * FROM sessions WHERE id LIKE ?", (session_id + "%",)).fetchall()
+            # substr, not LIKE: '_' and '%' typed by hand must not act as wildcards.
+            rows = self.conn.execute("SELECT * FROM sessions WHERE substr(id, 1, ?) = ?",
+                                     (len(session_id), session_id)).fetchall() if session_id else []
             if len(rows) == 1:
                 return rows[0]
+            if len(rows) > 1:
+                raise StoreError(f"'{session_id}' is the start of {len(rows)} sessions: give more of the id "
+                                 "(list them with 'wbc-counter status')")
             raise StoreError(f"no session '{session_id}' in {self.path} (list them with 'wbc-counter status')")
         return row
 
