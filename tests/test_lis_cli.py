@@ -176,3 +176,16 @@ def test_no_sample_id_or_operator_in_lis_logs(tmp_path, capsys, caplog, mllp_pee
     assert "acknowledged" in caplog.text and "ASTM transfer complete" in caplog.text
     for secret in ("SAMPLE-PRIVATE-LIS", "Hidden Name"):  # ...but never into a log
         assert secret not in logged
+
+
+def test_a_failed_re_send_of_a_delivered_result_is_clear_and_keeps_it_done(tmp_path, capsys, mllp_peer):
+    store = Store(tmp_path / "data")
+    sid, _ = finalised_session(store, sample_id="S-RESEND-1")
+    peer = mllp_peer(["AA"])
+    rc, out, err = _lis(tmp_path, capsys, "send", sid, "--hl7", peer.hostport)
+    assert rc == 0, err
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there any more
+    rc, out, err = _lis(tmp_path, capsys, "send", sid, "--hl7", closed, "--retries", "0", "--timeout", "2")
+    assert rc == 1 and "re-send to hl7 failed" in err and "Traceback" not in err
+    assert "S-RESEND-1" not in err  # the sample id is never echoed into logs
+    assert outbox_rows(store, "hl7")[0]["status"] == "done"

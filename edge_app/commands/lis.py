@@ -19,7 +19,7 @@ import sys
 from edge_app.config import ConfigError, load_config
 from edge_app.store import Store, StoreError
 from edge_app.sync.destinations import astm_sender, hl7_sender
-from edge_app.sync.errors import DeliveryError
+from edge_app.sync.errors import DeliveryError, redact
 from edge_app.sync.lock import SyncLock
 from edge_app.sync.outbox import Outbox
 from edge_app.sync.payload import ResultPayload
@@ -104,7 +104,12 @@ def _send(worker: SyncWorker, dest: str, session_id: str, result_id: str) -> int
         try:
             sender(entry)
         except DeliveryError as exc:
-            print(f"wbc-counter lis: re-send to {dest} failed: {exc}", file=sys.stderr)
+            print(f"wbc-counter lis: re-send to {dest} failed: {redact(str(exc), entry.payload)}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # e.g. a serial port that vanished mid-send; the delivered entry stays done
+            logger.debug("re-send failed", exc_info=True)
+            print(f"wbc-counter lis: re-send to {dest} failed: {type(exc).__name__}: "
+                  f"{redact(str(exc), entry.payload)} (check the cable/port and send again)", file=sys.stderr)
             return 1
     else:
         worker.deliver_now(entry)
