@@ -408,8 +408,10 @@ class MllpPeer:
             fields = msg.split("\r")[0].split("|")
             ctrl = "not-yours" if answer == "wrong-id" else fields[9]
             code = "AA" if answer == "wrong-id" else answer
+            code, _, text = code.partition(":")  # "AR:some text": the LIS's own words in MSA-3
+            text = text or ("" if code == "AA" else "test says " + code)
             ack = (f"MSH|^~\\&|LIS|LAB|{fields[2]}|{fields[3]}|20250101000000||ACK^R01^ACK|A{n}"
-                   f"|P|2.5.1\rMSA|{code}|{ctrl}|{'' if code == 'AA' else 'test says ' + code}\r")
+                   f"|P|2.5.1\rMSA|{code}|{ctrl}|{text}\r")
             try:
                 conn.sendall(b"\x0b" + ack.encode() + b"\x1c\x0d")
             except OSError:

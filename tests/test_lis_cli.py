@@ -189,3 +189,15 @@ def test_a_failed_re_send_of_a_delivered_result_is_clear_and_keeps_it_done(tmp_p
     assert rc == 1 and "re-send to hl7 failed" in err and "Traceback" not in err
     assert "S-RESEND-1" not in err  # the sample id is never echoed into logs
     assert outbox_rows(store, "hl7")[0]["status"] == "done"
+
+
+def test_a_lis_rejection_that_quotes_the_sample_id_is_logged_redacted(tmp_path, capsys, mllp_peer, caplog):
+    store = Store(tmp_path / "data")
+    sid, _ = finalised_session(store, sample_id="S-ECHO-77")
+    peer = mllp_peer(["AR:unknown specimen S-ECHO-77", "AA"])
+    with caplog.at_level(logging.WARNING, logger="edge_app.lis.mllp"):
+        rc, out, err = _lis(tmp_path, capsys, "send", sid, "--hl7", peer.hostport)
+    assert rc == 0, err
+    warnings = [r.getMessage() for r in caplog.records if r.name == "edge_app.lis.mllp"]
+    assert any("unknown specimen <sample-id>" in w for w in warnings), warnings
+    assert not any("S-ECHO-77" in w for w in warnings)

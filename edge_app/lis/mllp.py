@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from edge_app.sync.errors import PermanentError, TransientError
 
@@ -83,8 +83,9 @@ class MllpClient:
         return buf[start + 1 if start >= 0 else 0:buf.find(END)].decode("utf-8", errors="replace")
 
     def deliver(self, message: str, control_id: str, *, retries: int = 6, pause_s: float = 1.0,
-                max_pause_s: float = 30.0) -> str:
-        """Send until acknowledged; returns MSA-1 (AA or CA)."""
+                max_pause_s: float = 30.0, redact: Callable[[str], str] = str) -> str:
+        """Send until acknowledged; returns MSA-1 (AA or CA). ``redact`` blanks identifiers out of
+        what the LIS answered before it is logged (its error text may quote the sample id)."""
         where = f"HL7 LIS {self.host}:{self.port}"
         last: Optional[Exception] = None
         for attempt in range(retries + 1):
@@ -103,7 +104,7 @@ class MllpClient:
             except ValueError as exc:
                 last = exc
             logger.warning("%s, message %s, attempt %d of %d: %s", where, control_id, attempt + 1, retries + 1,
-                           _describe(last))
+                           redact(_describe(last)))
         text = f"{where} did not accept message {control_id} after {retries + 1} attempts: {_describe(last)}"
         if isinstance(last, Nack) and last.code in ("AE", "CE"):
             raise PermanentError(text + " (the LIS log says what it did not like)")

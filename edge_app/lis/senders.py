@@ -13,6 +13,7 @@ from edge_app.lis.hl7_oru import build_oru, control_id
 from edge_app.lis.mllp import MllpClient, parse_hostport
 from edge_app.lis.serial_port import open_port
 from edge_app.store.db import utcnow
+from edge_app.sync.errors import redact
 from edge_app.sync.outbox import OutboxEntry
 from edge_app.sync.payload import ResultPayload
 
@@ -45,6 +46,7 @@ class Hl7Destination:
     def __call__(self, entry: OutboxEntry) -> str:
         message = build_oru(ResultPayload.parse(entry.result_id, entry.payload))
         ctrl = control_id(entry.result_id)
-        code = MllpClient(self.host, self.port, self.timeout_s).deliver(message, ctrl, retries=self.retries,
-                                                                         pause_s=self.pause_s)
+        code = MllpClient(self.host, self.port, self.timeout_s).deliver(
+            message, ctrl, retries=self.retries, pause_s=self.pause_s,
+            redact=lambda text: redact(text, entry.payload))
         return f"hl7:{ctrl} {code}"
