@@ -45,7 +45,7 @@ def _open(data_dir: str, start, out) -> None:
 def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path):
     ctx = multiprocessing.get_context("fork")
     latest = max(n for n, _, _ in _migrations())
-    for trial in range(5):
+    for trial in range(20):
         d = tmp_path / f"t{trial}"
         start, out = ctx.Event(), ctx.Queue()
         procs = [ctx.Process(target=_open, args=(str(d), start, out)) for _ in range(4)]

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import logging
 import sqlite3
+import time
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -58,7 +59,7 @@ class Store:
         try:
             self.conn.execute("PRAGMA busy_timeout=30000")
             if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                self._journal_wal()
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
                 self.migrate()
@@ -71,6 +72,20 @@ class Store:
                                  "for 30 s: try again in a minute") from exc
             raise StoreError(f"the database at {self.path} cannot be read ({exc}): call service and do not "
                              "delete it, results not yet sent may be inside") from exc
+
+    def _journal_wal(self, patience_s: float = 30.0) -> None:
+        """Switch to WAL. SQLite answers BUSY to this at once, without the busy handler, while
+        another process holds the fresh file (first boot: selftest, sync and the counter
+        together), so it is retried here for as long as busy_timeout would wait."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     # -- schema ---------------------------------------------------------
     def schema_version(self) -> int:
