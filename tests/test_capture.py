@@ -144,24 +144,28 @@ def test_replay_drops_stale_frames_for_a_slow_consumer(tmp_path):
 
 
 class FlakyCamera(FrameSource):
-    """A live source that is unplugged after 5 frames and comes back on the third reopen."""
+    """A live source: by default unplugged after 5 frames and back on the third reopen.
+
+    ``failing_opens``: which opens find no camera; ``lost_at``: the read that loses it
+    (None: never); ``frames``: reads after which the source ends."""
 
     live = True
 
-    def __init__(self):
+    def __init__(self, failing_opens=(2, 3), lost_at: int | None = 6, frames: int = 12):
+        self.failing_opens, self.lost_at, self.frames = failing_opens, lost_at, frames
         self.opens = 0
         self.i = 0
 
     def open(self):
         self.opens += 1
-        if self.opens in (2, 3):
+        if self.opens in self.failing_opens:
             raise CaptureError("camera /dev/video0 not found")
 
     def read(self):
         self.i += 1
-        if self.i == 6:
+        if self.i == self.lost_at:
             raise CaptureError("camera stopped delivering frames")
-        if self.i > 12:
+        if self.i > self.frames:
             return None
         time.sleep(0.005)
         return Frame(np.zeros((4, 4, 3), np.uint8), self.i, time.monotonic(), 0.0)
@@ -227,26 +231,9 @@ def test_an_unexpected_error_mid_stream_is_a_failure_not_the_end_of_the_source()
     assert "driver bug" in t.error and "frame 3" in t.error
 
 
-class LateCamera(FrameSource):
+def LateCamera():
     """A live camera that is not plugged in for its first two opens, then delivers 5 frames."""
-
-    live = True
-
-    def __init__(self):
-        self.opens = 0
-        self.i = 0
-
-    def open(self):
-        self.opens += 1
-        if self.opens <= 2:
-            raise CaptureError("camera /dev/video0 not found")
-
-    def read(self):
-        self.i += 1
-        if self.i > 5:
-            return None
-        time.sleep(0.005)
-        return Frame(np.zeros((4, 4, 3), np.uint8), self.i, time.monotonic(), 0.0)
+    return FlakyCamera(failing_opens=(1, 2), lost_at=None, frames=5)
 
 
 def test_a_camera_missing_at_start_fails_unless_waited_for():
@@ -269,11 +256,8 @@ def test_a_camera_missing_at_start_fails_unless_waited_for():
 
 
 def test_waiting_for_a_camera_ends_cleanly_when_stopped():
-    class NeverThere(LateCamera):
-        def open(self):
-            raise CaptureError("camera /dev/video0 not found")
-
-    t = CaptureThread(NeverThere(), first_backoff_s=0.05, max_backoff_s=0.1, wait_for_source=True)
+    never_there = FlakyCamera(failing_opens=range(1, 10**6))
+    t = CaptureThread(never_there, first_backoff_s=0.05, max_backoff_s=0.1, wait_for_source=True)
     t.start()
     time.sleep(0.3)
     assert t.state == CaptureState.REOPENING and not t.finished
