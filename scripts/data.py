@@ -43,6 +43,10 @@ FRAME_FIT = (480, 360)
 PBC_TO_CLASS = {"ig": "other", "erythroblast": "other", "platelet": "other"}
 SOURCES = ("pbc", "raabin", "tecom", "chula", "bccd", "txl_pbc")
 SPLITS = ("train", "val", "test")
+# 2: crop keys of frame sources are "<frame>#<n>" (n-th WBC box), splits follow
+# scripts/split_groups.json and the Chula mirror rule (session 19).
+CACHE_VERSION = 2
+SAME_CELL_IOU = 0.7
 
 
 def _read(path: Path) -> np.ndarray:
@@ -53,10 +57,9 @@ def _resize_square(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (CROP, CROP), interpolation=cv2.INTER_AREA)
 
 
-def frame_hash(img: np.ndarray) -> bytes:
-    """Tiny perceptual hash to find the same field in two datasets."""
-    g = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (16, 12), interpolation=cv2.INTER_AREA)
-    return (g > g.mean()).tobytes()
+def crop_key(frame: str, n: int) -> str:
+    """Key of the n-th WBC crop cut from a frame: frame names alone repeat when a frame holds two cells."""
+    return f"{frame}#{n}"
 
 
 def _bccd_rows():
@@ -75,28 +78,39 @@ def _chula_rows():
     return rows
 
 
+def _iou_cxcywh(a, b) -> float:
+    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 def _txl_items() -> tuple[list, int]:
     """(split, image path, YOLO WBC boxes) per TXL-PBC frame, and how many repeated WBC lines were dropped.
 
-    A few label files repeat lines verbatim (test/4e2139d2-... lists its one
-    WBC six times, with its red cells twice): a box written twice is one cell,
-    so it is a target once, and a detector finding it is not charged five misses.
+    ``split`` is the frame's split after the groups of copies (``scripts.splits``).
+    A few label files repeat a cell: verbatim (test/4e2139d2-... lists its one
+    WBC six times, with its red cells twice) or as a second box over the same
+    cell (IoU 0.74 in one test frame). A cell written twice is one target, so a
+    detector finding it is not charged a miss; two leukocytes never overlap
+    that much (``SAME_CELL_IOU``).
     """
     out, dropped = [], 0
-    for split in SPLITS:
-        for img in sorted((DATASETS / "txl_pbc" / "images" / split).glob("*.jpg")):
-            lab = DATASETS / "txl_pbc" / "labels" / split / (img.stem + ".txt")
+    for folder in SPLITS:
+        for img in sorted((DATASETS / "txl_pbc" / "images" / folder).glob("*.jpg")):
+            lab = DATASETS / "txl_pbc" / "labels" / folder / (img.stem + ".txt")
             boxes = []
             if lab.is_file():
                 for line in lab.read_text().split("\n"):
                     parts = line.split()
                     if len(parts) == 5 and parts[0] == "0":
                         box = [float(v) for v in parts[1:]]
-                        if box in boxes:
+                        if any(_iou_cxcywh(box, b) >= SAME_CELL_IOU for b in boxes):
                             dropped += 1
                             continue
                         boxes.append(box)
-            out.append((split, img, boxes))
+            out.append((split_of("txl_pbc", f"{folder}/{img.name}"), img, boxes))
     return out, dropped
 
 
@@ -119,23 +133,21 @@ def build_classifier_cache() -> dict:
         logger.info("%s: %d crops so far", source, len(images))
     for image, rows in _chula_rows().items():
         frame = _read(DATASETS / "chula" / "images" / image)
-        for r in rows:
-            if r["cell"] != "WBC":
-                continue
+        for n, r in enumerate(r for r in rows if r["cell"] == "WBC"):
             box = [float(r[k]) for k in ("x1", "y1", "x2", "y2")]
             label = CLASS_INDEX[r["wbc_type"]] if r["wbc_type"] else -1
-            add(preprocess.cell_crop(frame, box), label, "chula", split_of("chula", image, r["slide"]), image)
+            add(preprocess.cell_crop(frame, box), label, "chula", split_of("chula", image, r["slide"]),
+                crop_key(image, n))
     for image, rows in _bccd_rows().items():
         frame = _read(DATASETS / "bccd" / "images" / image)
-        for r in rows:
-            if r["cell"] != "WBC":
-                continue
+        for n, r in enumerate(r for r in rows if r["cell"] == "WBC"):
             box = [float(r[k]) for k in ("x1", "y1", "x2", "y2")]
             label = CLASS_INDEX[r["wbc_type"]] if r["wbc_type"] else -1
-            add(preprocess.cell_crop(frame, box), label, "bccd", split_of("bccd", image), image)
+            add(preprocess.cell_crop(frame, box), label, "bccd", split_of("bccd", image), crop_key(image, n))
     # Unlabelled WBCs from the other cameras of txl_pbc (not its PBC/Raabin
     # frames: those cameras are covered by labelled data, and PBC frames could
-    # be the very cells of our PBC test split).
+    # be the very cells of our PBC test split), from train frames only: a
+    # frame that copies a held-out BCCD frame has that frame's split.
     for split, img_path, boxes in _txl_items()[0]:
         if not boxes or split != "train":
             continue
@@ -143,12 +155,12 @@ def build_classifier_cache() -> dict:
         h, w = frame.shape[:2]
         if (w, h) not in ((416, 416),):
             continue
-        for cx, cy, bw, bh in boxes:
+        for n, (cx, cy, bw, bh) in enumerate(boxes):
             box = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
-            add(preprocess.cell_crop(frame, box), -1, "txl_pbc", "train", img_path.name)
+            add(preprocess.cell_crop(frame, box), -1, "txl_pbc", "train", crop_key(img_path.name, n))
     logger.info("classifier cache: %d crops", len(images))
     return dict(images=np.stack(images), labels=np.array(labels, np.int16), sources=np.array(sources),
-                splits=np.array(splits), keys=np.array(keys))
+                splits=np.array(splits), keys=np.array(keys), cache_version=np.array(CACHE_VERSION))
 
 
 def _fit(frame: np.ndarray) -> tuple[np.ndarray, float]:
@@ -159,11 +171,9 @@ def _fit(frame: np.ndarray) -> tuple[np.ndarray, float]:
 
 def build_detector_cache() -> dict:
     frames, boxes, sources, splits, keys = [], [], [], [], []
-    bccd_split_by_hash = {}
     for image, rows in _bccd_rows().items():
         frame = _read(DATASETS / "bccd" / "images" / image)
         split = split_of("bccd", image)
-        bccd_split_by_hash[frame_hash(frame)] = split
         small, s = _fit(frame)
         b = [[float(r[k]) * s for k in ("x1", "y1", "x2", "y2")] for r in rows if r["cell"] == "WBC"]
         frames.append(small)
@@ -180,16 +190,11 @@ def build_detector_cache() -> dict:
         sources.append("chula")
         splits.append(split_of("chula", image, rows[0]["slide"]))
         keys.append(image)
-    dup = 0
     txl, repeated = _txl_items()
+    moved = 0
     for split, img_path, yolo in txl:
         frame = _read(img_path)
-        # A txl_pbc frame that is a re-annotated BCCD frame takes the BCCD
-        # frame's split, so neither test set leaks into the other's training.
-        bsplit = bccd_split_by_hash.get(frame_hash(frame))
-        if bsplit is not None:
-            dup += 1
-            split = bsplit
+        moved += split != img_path.parent.name  # a copy that follows its group's split (scripts.dedup)
         h, w = frame.shape[:2]
         small, s = _fit(frame)
         b = [[(cx - bw / 2) * w * s, (cy - bh / 2) * h * s, (cx + bw / 2) * w * s, (cy + bh / 2) * h * s]
@@ -199,14 +204,15 @@ def build_detector_cache() -> dict:
         sources.append("txl_pbc")
         splits.append(split)
         keys.append(f"{img_path.parent.name}/{img_path.name}")
-    logger.info("detector cache: %d frames (%d txl_pbc frames matched BCCD frames, %d repeated txl_pbc WBC "
-                "label lines dropped)", len(frames), dup, repeated)
+    logger.info("detector cache: %d frames (%d txl_pbc frames take the split of their group of copies, %d "
+                "repeated txl_pbc WBC boxes dropped)", len(frames), moved, repeated)
     obj = np.empty(len(frames), dtype=object)
     obj[:] = frames
     bobj = np.empty(len(boxes), dtype=object)
     bobj[:] = boxes
     return dict(frames=obj, boxes=bobj, sources=np.array(sources), splits=np.array(splits), keys=np.array(keys),
-                bccd_duplicates=np.array(dup), txl_repeated_dropped=np.array(repeated))
+                txl_moved=np.array(moved), txl_repeated_dropped=np.array(repeated),
+                cache_version=np.array(CACHE_VERSION))
 
 
 def load(name: str) -> dict:
@@ -215,9 +221,9 @@ def load(name: str) -> dict:
         raise SystemExit(f"{path} missing: run `python -m scripts.data` first")
     with np.load(path, allow_pickle=True) as z:
         d = {k: z[k] for k in z.files}
-    if name == "det" and "txl_repeated_dropped" not in d:
-        # built before repeated TXL-PBC label lines were dropped: its test figures would differ
-        raise SystemExit(f"{path} is out of date: run `python -m scripts.data --only det`")
+    if int(d.get("cache_version", 1)) != CACHE_VERSION:
+        # built with the splits from before the groups of copies (or older keys): its test figures would leak
+        raise SystemExit(f"{path} is out of date: run `python -m scripts.data --only {name}`")
     return d
 
 
@@ -242,7 +248,8 @@ def unpack(src: Path) -> None:
     with np.load(src, allow_pickle=True) as z:
         images = np.stack([cv2.cvtColor(cv2.imdecode(b, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in z["blobs"]])
         CACHE.mkdir(exist_ok=True)
-        np.savez(CACHE / "cls.npz", images=images, **{k: z[k] for k in ("labels", "sources", "splits", "keys")})
+        np.savez(CACHE / "cls.npz", images=images, cache_version=np.array(CACHE_VERSION),
+                 **{k: z[k] for k in ("labels", "sources", "splits", "keys")})
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Distillation targets: a teacher checkpoint's class probabilities for every
 train and val crop of the classifier cache.
 
-    python -m scripts.teacher_probs runs/teacher/classifier.pt models/distill/teacher_probs.npz
+    python -m scripts.teacher_probs runs/teacher/classifier.pt models/training/teacher_probs.npz
 
 Each crop's target is the teacher's mean softmax over the eight dihedral views
 of the clean crop (the same test-time views the runtime uses), so the student
@@ -10,6 +10,13 @@ target for a test crop would leak the teacher's knowledge of it into training.
 The file is small (float16, compressed) and is what makes the distilled
 student's run reproducible on a 2-core CPU without the GPU that trained the
 teacher (``scripts/train.py --teacher``).
+
+Files from before session 19 keyed a crop cut from a frame by the frame's name,
+which repeats when a frame holds two cells (7 Chula frames, some BCCD ones), so
+training gave both cells the second cell's target. ``--rekey OLD NEW`` renames
+those keys ``<frame>#<n>`` (``scripts.data.crop_key``) without the teacher: the
+file lists the crops in cache order, so the n-th repeat of a frame's name is
+its n-th WBC box.
 """
 
 from __future__ import annotations
@@ -51,13 +58,42 @@ def teacher_probs(ckpt: Path, views: int = 8, chunk: int = 512) -> tuple[np.ndar
     return d["keys"][keep], np.concatenate(out)
 
 
+def unique_crop_keys(keys) -> np.ndarray:
+    """Old keys -> ``<frame>#<n>`` for crops cut from frames (names without a class folder)."""
+    seen: dict[str, int] = {}
+    out = []
+    for k in keys:
+        k = str(k)
+        if "/" in k:  # a single-cell photo: "<class>/<file>" is unique
+            out.append(k)
+            continue
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        out.append(data.crop_key(k, n))
+    return np.array(out)
+
+
+def rekey(src: Path, dst: Path) -> None:
+    with np.load(src) as z:
+        if any("#" in str(k) for k in z["keys"]):
+            raise SystemExit(f"{src}: already keyed by crop")
+        fields = {k: z[k] for k in z.files}
+    fields["keys"] = unique_crop_keys(fields["keys"])
+    np.savez_compressed(dst, **fields)
+    logger.info("re-keyed %s -> %s (%d crops)", src, dst, len(fields["keys"]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("checkpoint", type=Path, help="teacher checkpoint (with --rekey: the old file)")
     ap.add_argument("out", type=Path)
     ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--rekey", action="store_true", help="rename an old file's frame-name keys to crop keys")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.rekey:
+        rekey(args.checkpoint, args.out)
+        return 0
     keys, probs = teacher_probs(args.checkpoint, args.views)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, keys=keys, probs=probs.astype(np.float16),

@@ -269,34 +269,61 @@ def predict(model, loader, device) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)))
 
 
-def teacher_targets(path: Path, keys: np.ndarray, left_out: str | None = None) -> torch.Tensor:
-    """A teacher's class probabilities for these crops, in their order.
+MAX_MISSING_TEACHER = 0.01
+
+
+def teacher_targets(path: Path, keys: np.ndarray, left_out: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A teacher's class probabilities for these crops, in their order, and which crops have one.
 
     The file (``scripts.teacher_probs``) holds the teacher's mean softmax over the
     eight dihedral views of each clean train/val crop, keyed by crop. Offline
-    targets keep the student's run as cheap as plain training on a 2-core CPU;
-    a crop the teacher never saw is an error, not a silent hard label."""
+    targets keep the student's run as cheap as plain training on a 2-core CPU.
+    A crop that joined the train split after the teacher ran (a copy pulled out
+    of a held-out split, ``scripts.dedup``) has no target and learns from its
+    label alone; more than ``MAX_MISSING_TEACHER`` of them means the file is for
+    other data, and is an error."""
     with np.load(path) as z:
         index = {k: j for j, k in enumerate(z["keys"])}
         probs = z["probs"].astype(np.float32)
         trained_on = set(z["trained_on"]) if "trained_on" in z.files else None
+    if len(index) != len(probs):
+        raise SystemExit(f"{path}: its crop keys repeat (a file from before session 19): re-key it with "
+                         "python -m scripts.teacher_probs --rekey")
     if left_out and (trained_on is None or left_out in trained_on):
         # A teacher that saw the left-out source would leak it into a leave-one-source-out run.
         raise SystemExit(f"{path}: its teacher trained on {left_out!r} (or does not say what it trained on), so it "
                          f"cannot teach a run that leaves {left_out!r} out; drop --teacher or give a teacher "
                          "trained with the same --exclude-source")
-    missing = [k for k in keys if k not in index]
+    have = np.array([k in index for k in keys], bool)
+    missing = [k for k, h in zip(keys, have) if not h]
+    if len(missing) > MAX_MISSING_TEACHER * len(keys):
+        raise SystemExit(f"{path}: no teacher target for {len(missing)} of {len(keys)} training crops "
+                         f"(e.g. {missing[0]}); recompute it with python -m scripts.teacher_probs")
     if missing:
-        raise SystemExit(f"{path}: no teacher target for {len(missing)} training crops (e.g. {missing[0]}); "
-                         "recompute it with python -m scripts.teacher_probs")
-    return torch.from_numpy(probs[[index[k] for k in keys]])
+        logger.info("teacher: %d training crops have no target and learn from their label alone (e.g. %s)",
+                    len(missing), missing[0])
+    out = np.zeros((len(keys), probs.shape[1]), np.float32)
+    out[have] = probs[[index[k] for k in keys[have]]]
+    return torch.from_numpy(out), torch.from_numpy(have)
 
 
-def distillation_loss(logits, target_probs, temperature: float):
-    """Hinton et al. (2015): KL to the teacher's distribution softened by T, scaled by T^2."""
+def distillation_loss(logits, target_probs, temperature: float, reduction: str = "batchmean"):
+    """Hinton et al. (2015): KL to the teacher's distribution softened by T, scaled by T^2
+    (``reduction="none"``: one value per crop)."""
     soft = target_probs.clamp_min(1e-8) ** (1.0 / temperature)
     soft = soft / soft.sum(1, keepdim=True)
-    return F.kl_div(F.log_softmax(logits / temperature, 1), soft, reduction="batchmean") * temperature ** 2
+    kl = F.kl_div(F.log_softmax(logits / temperature, 1), soft, reduction="none").sum(1) * temperature ** 2
+    return kl.mean() if reduction == "batchmean" else kl
+
+
+def classifier_loss(logits, y, teacher_probs=None, has_teacher=None, kd_weight: float = 0.5,
+                    kd_temp: float = 2.0):
+    """Label-smoothed cross-entropy, mixed per crop with distillation where the crop has a teacher target."""
+    ce = F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none")
+    if teacher_probs is None:
+        return ce.mean()
+    w = kd_weight * has_teacher.float()
+    return ((1.0 - w) * ce + w * distillation_loss(logits, teacher_probs, kd_temp, reduction="none")).mean()
 
 
 def train_classifier(args, device) -> dict:
@@ -306,9 +333,10 @@ def train_classifier(args, device) -> dict:
     tr = (splits == "train") & (labels >= 0) & allowed
     logger.info("classifier train crops: %s", {s: int((tr & (sources == s)).sum()) for s in SOURCE_SHARE})
     weights = classifier_weights(sources[tr], strata_of(sources[tr], labels[tr], d["keys"][tr]))
-    teacher = None
+    teacher = has_teacher = None
     if args.teacher:
-        teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source).to(device)
+        teacher, has_teacher = teacher_targets(Path(args.teacher), d["keys"][tr], args.exclude_source)
+        teacher, has_teacher = teacher.to(device), has_teacher.to(device)
     frames = kiosk_framing.load(d["keys"])[tr] if args.kiosk_framing > 0 else None
     style = style_bank(d, args)
     if style:
@@ -347,10 +375,11 @@ def train_classifier(args, device) -> dict:
         for x, y, i in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits, _ = model(to_network_input(x))
-            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
-            if teacher is not None:
-                kd = distillation_loss(logits, teacher[i.to(device)], args.kd_temp)
-                loss = (1.0 - args.kd_weight) * loss + args.kd_weight * kd
+            if teacher is None:
+                loss = classifier_loss(logits, y)
+            else:
+                i = i.to(device)
+                loss = classifier_loss(logits, y, teacher[i], has_teacher[i], args.kd_weight, args.kd_temp)
             if unlabelled is not None and epoch >= 2:  # after warm-up the pseudo-labels mean something
                 xw, xs = (t.to(device, non_blocking=True) for t in next(unlabelled))
                 with torch.no_grad():
