@@ -1,18 +1,22 @@
-"""Known leakage in the splits (found in session 18, MODEL_CARD.md "Known leakage").
+"""The splits keep copies of one image together (scripts/splits.py, scripts/dedup.py).
 
-Strict xfail: the test asserts what a leak-free split must satisfy and is
-expected to fail until the splits are fixed; once they are, it passes, strict
-xfail turns that into a failure, and whoever fixed the split removes the mark.
-Needs ../shared/datasets (CI has it beside the clone).
+Session 18 found copies in different splits: Chula's test slide HF-M-8 is
+train slide M-8 mirrored, TXL-PBC holds resized, mirrored and rotated copies of
+BCCD test frames in its train folder, and PBC and Raabin hold a few photos
+twice. Session 19 gave each group of copies one split. Needs ../shared/datasets
+(CI has it beside the clone).
 """
 
 from __future__ import annotations
+
+import json
 
 import cv2
 import numpy as np
 import pytest
 
-from scripts.splits import DATASETS, split_of
+from scripts import dedup
+from scripts.splits import DATASETS, GROUPS_FILE, split_of
 
 CHULA = DATASETS / "chula" / "images"
 pytestmark = pytest.mark.skipif(not CHULA.is_dir(), reason="needs ../shared/datasets")
@@ -29,6 +33,48 @@ def test_hf_m_8_is_a_mirror_of_m_8():
     assert _mirror_difference("HF-M-8_0037.jpg", "M-8_0073.jpg") > 8
 
 
-@pytest.mark.xfail(strict=True, reason="HF-M-8 (test) mirrors M-8 (train): not yet re-split")
 def test_a_mirrored_chula_slide_shares_the_split_of_its_original():
-    assert split_of("chula", "HF-M-8_0037.jpg", "HF-M-8") == split_of("chula", "M-8_0037.jpg", "M-8")
+    assert split_of("chula", "HF-M-8_0037.jpg", "HF-M-8") == split_of("chula", "M-8_0037.jpg", "M-8") == "train"
+
+
+def test_a_resized_mirrored_copy_of_a_frame_is_found_and_another_frame_is_not():
+    names = ["BloodImage_00223.jpg", "BloodImage_00010.jpg"]
+    frames = [cv2.imread(str(DATASETS / "bccd" / "images" / n)) for n in names]
+    copy = cv2.resize(frames[0], (416, 416), interpolation=cv2.INTER_AREA)[:, ::-1]
+    thumbs = []
+    for img in frames + [copy]:
+        g = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (dedup.THUMB, dedup.THUMB),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+        thumbs.append(((g - g.mean()) / (g.std() + 1e-6)).ravel())
+    pairs = dedup.copy_pairs(np.stack(thumbs), transforms=True)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 2)]
+    assert dedup.copy_pairs(np.stack(thumbs), transforms=False) == []  # the mirror needs the transforms
+
+
+def test_every_copy_takes_its_group_split_and_bccd_keeps_its_own():
+    groups = json.loads(GROUPS_FILE.read_text())["groups"]
+    assert groups
+    for g in groups:
+        for m in g["members"]:
+            assert split_of(m["source"], m["key"]) == g["split"], m
+            if m["source"] == "bccd":
+                assert m["was"] == g["split"]
+    # a BCCD test frame whose TXL-PBC copies sat in TXL-PBC's train folder
+    assert split_of("bccd", "BloodImage_00223.jpg") == "test"
+    assert split_of("txl_pbc", "train/280204a0-b130-5cf4-ab2f-6c23f34bc6c1.jpg") == "test"
+
+
+def test_the_committed_frame_groups_are_what_dedup_finds_in_the_data():
+    # Re-reads every BCCD and TXL-PBC frame (a few seconds): a change to the
+    # data or to the rules without `python -m scripts.dedup` fails here.
+    items = dedup._frame_items()
+    thumbs = np.stack([dedup.thumbnail(p) for *_, p in items])
+    found = set()
+    for g in dedup.union_groups(len(items), dedup.copy_pairs(thumbs, transforms=True)):
+        members = [(items[i][0], items[i][1], split_of(items[i][0], items[i][1], raw=True)) for i in g]
+        if len({s for *_, s in members}) > 1:
+            found.add((dedup.group_split(members), frozenset((s, k) for s, k, _ in members)))
+    committed = {(g["split"], frozenset((m["source"], m["key"]) for m in g["members"]))
+                 for g in json.loads(GROUPS_FILE.read_text())["groups"]
+                 if g["members"][0]["source"] in ("bccd", "txl_pbc")}
+    assert found == committed
