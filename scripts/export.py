@@ -2,6 +2,7 @@
 
     python -m scripts.export --classifier runs/cls/classifier.pt --detector runs/det/detector.pt
     python -m scripts.export --classifier runs/cls/classifier.pt --keep-detector   # classifier-only update
+    python -m scripts.export --keep-classifier --detector runs/det/detector.pt     # detector-only update
 
 For each network (``detector``, ``classifier``):
 
@@ -184,7 +185,7 @@ def output_shapes(model: Deployable, kind: str) -> list[list[int]]:
 def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
     """A few real calibration images + PyTorch outputs, for the parity test.
 
-    Networks not in ``models`` (a detector kept with ``--keep-detector``) keep
+    Networks not in ``models`` (kept with ``--keep-detector`` / ``--keep-classifier``) keep
     their parity images and outputs: their weights did not change."""
     pdir = MODELS / "parity"
     old = json.loads((pdir / "index.json").read_text()) if (pdir / "index.json").is_file() else {}
@@ -218,32 +219,36 @@ def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
     return index
 
 
-def kept_detector_entry() -> dict:
-    """The shipped detector's manifest entry, after checking its files are the ones it names."""
+def kept_entry(kind: str) -> dict:
+    """The shipped ``kind``'s manifest entry, after checking its files are the ones it names."""
     path = MODELS / "manifest.json"
+    flag = f"--keep-{kind}"
     if not path.is_file():
-        sys.exit(f"--keep-detector: {path} is missing; export a detector checkpoint with --detector")
-    entry = json.loads(path.read_text())["models"]["detector"]
+        sys.exit(f"{flag}: {path} is missing; export a {kind} checkpoint with --{kind}")
+    entry = json.loads(path.read_text())["models"][kind]
     for name, digest in entry["sha256"].items():
         if not (MODELS / name).is_file() or sha256(MODELS / name) != digest:
-            sys.exit(f"--keep-detector: models/{name} is missing or differs from models/manifest.json; "
-                     "restore it (git checkout -- models/) or export a detector checkpoint with --detector")
-    if not (MODELS / "parity" / "detector_torch.npz").is_file():
-        sys.exit("--keep-detector: models/parity/detector_torch.npz is missing; restore models/parity/")
+            sys.exit(f"{flag}: models/{name} is missing or differs from models/manifest.json; "
+                     f"restore it (git checkout -- models/) or export a {kind} checkpoint with --{kind}")
+    if not (MODELS / "parity" / f"{kind}_torch.npz").is_file():
+        sys.exit(f"{flag}: models/parity/{kind}_torch.npz is missing; restore models/parity/")
     return entry
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--classifier", required=True)
+    cls = ap.add_mutually_exclusive_group(required=True)
+    cls.add_argument("--classifier", help="classifier checkpoint to export")
+    cls.add_argument("--keep-classifier", action="store_true",
+                     help="ship the classifier already in models/ unchanged (a detector-only update)")
     det = ap.add_mutually_exclusive_group(required=True)
     det.add_argument("--detector", help="detector checkpoint to export")
     det.add_argument("--keep-detector", action="store_true",
                      help="ship the detector already in models/ unchanged (a classifier-only update)")
     ap.add_argument("--version", default=None)
-    ap.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=8,
+    ap.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
                     help="classifier test-time views recorded in the manifest (chosen on the val splits: "
-                         "see the TTA table of models/EVALUATION.md)")
+                         "see the TTA table of models/EVALUATION.md); default 8, a kept classifier keeps its own")
     ap.add_argument("--no-detector-flip", action="store_true",
                     help="record tta_flip false (no mirrored second pass of the detector; chosen on the val frames). "
                          "Without it an exported detector gets the mirrored pass and a kept one keeps its own")
@@ -254,11 +259,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     MODELS.mkdir(exist_ok=True)
-    ckpts = {"classifier": args.classifier} if args.keep_detector else \
-        {"classifier": args.classifier, "detector": args.detector}
-    kept = {"detector": kept_detector_entry()} if args.keep_detector else {}
+    if args.keep_classifier and args.keep_detector:
+        ap.error("--keep-classifier with --keep-detector exports nothing")
+    ckpts = {k: v for k, v in (("classifier", args.classifier), ("detector", args.detector)) if v}
+    kept = {k: kept_entry(k) for k in ("classifier", "detector") if getattr(args, f"keep_{k}")}
     models = {k: load_net(k, v) for k, v in ckpts.items()}
-    stain_norm = bool(torch.load(args.classifier, map_location="cpu", weights_only=False).get("stain_norm", False))
+    if args.classifier:
+        stain_norm = bool(torch.load(args.classifier, map_location="cpu", weights_only=False).get("stain_norm", False))
+    else:  # the kept classifier's preprocessing; the detector's calibration does not depend on it
+        stain_norm = bool(kept["classifier"].get("preprocess", {}).get("stain_norm", False))
     entries = {}
     for kind, model in models.items():
         calib = calibration_inputs(kind, stain_norm)
@@ -292,10 +301,13 @@ def main(argv=None) -> int:
         det_entry["tta_flip"] = False
     if args.no_box_vote:
         det_entry["box_vote"] = False
-    entries["classifier"]["attention_stride"] = 16
-    entries["classifier"]["tta_views"] = args.tta_views
-    entries["classifier"]["preprocess"] = {"stain_norm": stain_norm, "stain_od_target": preprocess.STAIN_OD_TARGET,
-                                           "stain_od_percentile": preprocess.STAIN_OD_PERCENTILE}
+    cls_entry = entries["classifier"]
+    if "classifier" in models:
+        cls_entry["attention_stride"] = 16
+        cls_entry["preprocess"] = {"stain_norm": stain_norm, "stain_od_target": preprocess.STAIN_OD_TARGET,
+                                   "stain_od_percentile": preprocess.STAIN_OD_PERCENTILE}
+    if args.tta_views is not None or "classifier" in models:
+        cls_entry["tta_views"] = args.tta_views or 8
     parity = write_parity(models, stain_norm)
     version = args.version or dt.date.today().strftime("%Y.%m.%d")
     (w, h), c = preprocess.DETECTOR_SIZE, preprocess.CLASSIFIER_SIZE[0]

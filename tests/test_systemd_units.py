@@ -52,6 +52,12 @@ def test_counter_is_a_sandboxed_notify_service_with_watchdog(units):
     assert one(svc, "Service", "WatchdogSec")
     assert one(svc, "Service", "Restart") == "always"  # a finished count exits 0: back for the next slide
     assert " --wait-for-camera " in one(svc, "Service", "ExecStart")
+    # systemctl stop sends SIGTERM; run then leaves the session open and exits EXIT_LEFT_OPEN, which must not
+    # leave the unit "failed" (a usage or device error, exit 2, still does)
+    from edge_app.commands.run import EXIT_LEFT_OPEN
+
+    success = one(svc, "Service", "SuccessExitStatus").split()
+    assert str(EXIT_LEFT_OPEN) in success and "2" not in success
     assert one(svc, "Service", "User") == "wbc"
     assert set(one(svc, "Service", "SupplementaryGroups").split()) == {"video", "dialout"}
     assert one(svc, "Service", "ExecStart").startswith(f"{WRAPPER} run --source ${{WBC_SOURCE}} ")

@@ -22,6 +22,7 @@ from edge_app.store import Store
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("session", "total", "counts", "percent", "ci95", "other", "frames", "fps")
+EXIT_LEFT_OPEN = 1  # stopped before the count finished (signal, quit): resumable; the systemd unit counts it a success
 
 
 def add_parser(sub):
@@ -111,7 +112,7 @@ def main(args) -> int:
     if result.payload is None:
         print(f"wbc-counter run: session {result.session_id} left open ({result.reason}); "
               "run again to resume it", file=sys.stderr)
-        return 2 if result.reason == "error" else 1
+        return 2 if result.reason == "error" else EXIT_LEFT_OPEN
     if args.summary_json:
         write_summary(args.summary_json, result.payload)
     pl = result.payload
