@@ -5,28 +5,31 @@
 The datasets hold the same field or cell more than once (../shared/datasets
 README, "Leakage"; found in session 18): TXL-PBC re-annotates BCCD frames at
 640x480 and again resized to 416x416, some of them mirrored or rotated;
-TXL-PBC repeats its own frames across its folders; PBC and Raabin hold a few
-photos twice. A split rule that works image by image cannot see that, so this
+TXL-PBC repeats its own frames across its folders and re-annotates PBC and
+Raabin photos; PBC and Raabin hold a few photos twice. A split rule that works image by image cannot see that, so this
 script compares every pair within a group of sources and writes the groups
 whose members fall in different splits; ``scripts.splits.split_of`` reads the
 file, so training, calibration and evaluation all see one split per group.
 
 Two images are copies when their 24x24 grey thumbnails (zero mean, unit
 variance, whole image resized, so a 416x416 resize of a 640x480 frame still
-matches) correlate at ``MIN_CORR`` or more, under any of the 8 rotations and
-mirrors for frames (TXL-PBC holds flipped and rotated copies) and as stored
-for single-cell photos. Pairs are joined into groups (union-find).
+matches) correlate at ``MIN_CORR`` or more: under any of the 8 rotations and
+mirrors between frames and between a TXL-PBC frame and a PBC or Raabin photo
+(TXL-PBC holds flipped and rotated copies), as stored between two photos of
+one source. Pairs are joined into groups (union-find).
 
 Which split a group takes (no retraining of a model that saw a copy can be
 needed to keep a test split clean):
 
-- a group with a BCCD frame takes the BCCD frame's split: the BCCD frame is
-  the original, and its labelled crops train and test the classifier, so its
-  split must not move; TXL-PBC copies follow it (the detector is retrained);
-- any other group takes its least held-out split (train, then val, then
-  test): a copy that trained a model pulls the others out of the held-out
-  splits, so the shipped models, which trained on that copy, stay clean on
-  what is left.
+- a group with an image of a labelled source (BCCD, PBC, Raabin: the
+  originals, whose labelled crops train and test the classifier) takes the
+  least held-out split of those images; TXL-PBC's copies follow them (the
+  detector, which trains on TXL-PBC, is retrained);
+- a group of TXL-PBC frames alone takes its least held-out split (train, then
+  val, then test);
+
+so a copy that trained a shipped classifier pulls the others out of the
+held-out splits, and what is left in them was never seen.
 
 Chula's mirrored slide (HF-M-8 is M-8 flipped) is a slide rule in
 ``scripts.splits`` (``CHULA_MIRRORS``), not a group here: Chula splits by slide.
@@ -73,25 +76,31 @@ def dihedral(t: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(v).ravel() for v in views]
 
 
-def copy_pairs(thumbs: np.ndarray, transforms: bool, min_corr: float = MIN_CORR,
+def copy_pairs(thumbs: np.ndarray, transforms: bool, min_corr: float = MIN_CORR, other: np.ndarray | None = None,
                chunk: int = 2048) -> list[tuple[int, int, float]]:
-    """(i, j, correlation) for every i < j whose thumbnails correlate at min_corr or more."""
-    n, dim = thumbs.shape
-    variants = [thumbs]
+    """(i, j, correlation) for every pair whose thumbnails correlate at min_corr or more.
+
+    Within ``thumbs`` (i < j), or with ``other`` between the two sets (i in
+    ``thumbs``, j in ``other``)."""
+    dim = thumbs.shape[1]
+    target = thumbs if other is None else other
+    variants = [target]
     if transforms:
-        variants = [np.stack(v) for v in zip(*(dihedral(t) for t in thumbs))]
+        variants = [np.stack(v) for v in zip(*(dihedral(t) for t in target))]
     pairs = {}
-    for a in range(0, n, chunk):
+    for a in range(0, len(thumbs), chunk):
         block = thumbs[a:a + chunk]
-        best = np.full((len(block), n), -1.0, np.float32)
+        best = np.full((len(block), len(target)), -1.0, np.float32)
         for v in variants:
             np.maximum(best, block @ v.T / dim, out=best)
         for i, j in zip(*np.nonzero(best >= min_corr)):
-            i = int(i) + a
-            if i < j:
-                pairs[(i, int(j))] = float(best[i - a, j])
-            elif j < i:  # the match found from the other side under the inverse transform
-                pairs.setdefault((int(j), i), float(best[i - a, j]))
+            i, j, c = int(i) + a, int(j), float(best[i, j])
+            if other is not None:
+                pairs[(i, j)] = c
+            elif i < j:
+                pairs[(i, j)] = max(c, pairs.get((i, j), c))
+            elif j < i:  # the same pair seen from the other side (under the inverse transform)
+                pairs[(j, i)] = max(c, pairs.get((j, i), c))
     return [(i, j, c) for (i, j), c in sorted(pairs.items())]
 
 
@@ -112,14 +121,13 @@ def union_groups(n: int, pairs) -> list[list[int]]:
     return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
+ORIGINALS = ("bccd", "pbc", "raabin")  # labelled sources whose images TXL-PBC re-annotates
+
+
 def group_split(members: list[tuple[str, str, str]]) -> str:
     """The split a group of (source, key, own split) members takes (module docstring)."""
-    bccd = {s for src, _, s in members if src == "bccd"}
-    if bccd:
-        if len(bccd) > 1:
-            raise SystemExit(f"BCCD frames in different splits are copies of each other: {members}")
-        return bccd.pop()
-    return min((s for *_, s in members), key=SPLIT_RANK.get)
+    originals = [s for src, _, s in members if src in ORIGINALS] or [s for *_, s in members]
+    return min(originals, key=SPLIT_RANK.get)
 
 
 def _frame_items():
@@ -139,29 +147,45 @@ def _crop_items(source: str):
 
 def find_groups() -> tuple[list[dict], dict]:
     """Groups whose members sit in more than one split, each with the split it takes; and counts."""
-    out, stats = [], {}
-    for name, items, transforms in (("frames", _frame_items(), True),
-                                    ("pbc", _crop_items("pbc"), False),
-                                    ("raabin", _crop_items("raabin"), False)):
-        thumbs = np.stack([thumbnail(p) for *_, p in items])
-        pairs = copy_pairs(thumbs, transforms)
-        groups = union_groups(len(items), pairs)
-        corr = {(i, j): c for i, j, c in pairs}
-        mixed = moved = 0
-        for g in groups:
-            members = [(items[i][0], items[i][1], split_of(items[i][0], items[i][1], raw=True)) for i in g]
-            if len({s for *_, s in members}) == 1:
-                continue
-            mixed += 1
-            split = group_split(members)
-            moved += sum(1 for *_, w in members if w != split)
-            out.append({"split": split, "min_corr": round(min(c for (i, j), c in corr.items()
-                                                             if i in g and j in g), 4),
-                        "members": [{"source": s, "key": k, "was": w} for s, k, w in members]})
-        stats[name] = {"images": len(items), "copy_pairs": len(pairs), "groups": len(groups),
-                       "groups_across_splits": mixed, "images_moved": moved}
-        logger.info("%s: %d images, %d copy pairs, %d groups, %d across splits, %d images change split",
-                    name, len(items), len(pairs), len(groups), mixed, moved)
+    blocks = {"frames": _frame_items(), "pbc": _crop_items("pbc"), "raabin": _crop_items("raabin")}
+    items, start, thumbs = [], {}, {}
+    for name, block in blocks.items():
+        start[name] = len(items)
+        items += block
+        thumbs[name] = np.stack([thumbnail(p) for *_, p in block])
+    txl = np.array([src == "txl_pbc" for src, *_ in blocks["frames"]])
+    txl_rows = np.nonzero(txl)[0]
+    pairs, stats = [], {}
+
+    def add(name, found, rows=None, other=None):
+        for i, j, c in found:
+            i = start["frames"] + int(rows[i]) if rows is not None else start[name] + i
+            pairs.append((i, start[other] + j if other else start[name] + j, c))
+        stats[name] = {"copy_pairs": len(found)}
+
+    # frames: BCCD and TXL-PBC, any rotation or mirror; photos as stored, within a source;
+    # TXL-PBC's frames against the photos of PBC and Raabin, which it re-annotates too
+    add("frames", copy_pairs(thumbs["frames"], True))
+    add("pbc", copy_pairs(thumbs["pbc"], False))
+    add("raabin", copy_pairs(thumbs["raabin"], False))
+    for src in ("pbc", "raabin"):
+        add(f"txl_pbc x {src}", copy_pairs(thumbs["frames"][txl_rows], True, other=thumbs[src]), txl_rows, src)
+    corr = {(min(i, j), max(i, j)): c for i, j, c in pairs}
+    out, moved = [], 0
+    for g in union_groups(len(items), pairs):
+        members = [(items[i][0], items[i][1], split_of(items[i][0], items[i][1], raw=True)) for i in g]
+        if len({s for *_, s in members}) == 1:
+            continue
+        split = group_split(members)
+        moved += sum(1 for *_, w in members if w != split)
+        inside = set(g)
+        out.append({"split": split, "min_corr": round(min(c for (i, j), c in corr.items()
+                                                         if i in inside and j in inside), 4),
+                    "members": [{"source": s, "key": k, "was": w} for s, k, w in members]})
+    stats["images"] = {name: len(block) for name, block in blocks.items()}
+    stats["groups_across_splits"] = len(out)
+    stats["images_moved"] = moved
+    logger.info("%s", stats)
     return out, stats
 
 
