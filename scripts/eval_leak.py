@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     for src in ("bccd", "txl_pbc"):
         for i in np.nonzero((d["sources"] == src) & (d["splits"] == "test"))[0]:
             key = (src, str(d["keys"][i]))
-            seen = any(old[m] == "train" for m in group_of.get(key, [key]))
+            seen = any(old.get(m) == "train" for m in group_of.get(key, [key]))  # photos: never detector data
             item = (d["frames"][i], d["boxes"][i].reshape(-1, 4))
             sets.setdefault(f"{src} {'seen' if seen else 'clean'}", []).append(item)
             sets.setdefault(f"{src} all", []).append(item)
