@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
 from edge_app.labels import CLASS_INDEX  # noqa: E402
+from scripts.eval_metrics import iou_matrix  # noqa: E402
 from scripts.splits import DATASETS, split_of  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -78,12 +79,9 @@ def _chula_rows():
     return rows
 
 
-def _iou_cxcywh(a, b) -> float:
-    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+def _xyxy(cxcywh) -> np.ndarray:
+    cx, cy, w, h = cxcywh
+    return np.array([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]])
 
 
 def _txl_items() -> tuple[list, int]:
@@ -106,7 +104,8 @@ def _txl_items() -> tuple[list, int]:
                     parts = line.split()
                     if len(parts) == 5 and parts[0] == "0":
                         box = [float(v) for v in parts[1:]]
-                        if any(_iou_cxcywh(box, b) >= SAME_CELL_IOU for b in boxes):
+                        if boxes and iou_matrix(_xyxy(box), np.concatenate([_xyxy(b) for b in boxes])).max() \
+                                >= SAME_CELL_IOU:
                             dropped += 1
                             continue
                         boxes.append(box)
@@ -147,7 +146,7 @@ def build_classifier_cache() -> dict:
     # Unlabelled WBCs from the other cameras of txl_pbc (not its PBC/Raabin
     # frames: those cameras are covered by labelled data, and PBC frames could
     # be the very cells of our PBC test split), from train frames only: a
-    # frame that copies a held-out BCCD frame has that frame's split.
+    # frame that copies a held-out image has that image's split (scripts.dedup).
     for split, img_path, boxes in _txl_items()[0]:
         if not boxes or split != "train":
             continue
