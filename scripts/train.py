@@ -493,7 +493,15 @@ def _zoom_out_mosaic(frames, boxes, first: int, partners: np.ndarray, rng,
     return canvas, _clip_visible(np.concatenate(out), w, h, keep_visible)
 
 
-def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
+def detector_targets(boxes_net: np.ndarray, grid_hw, stride, per_object: bool = False):
+    """Centre heatmap, ltrb distances (in strides) and the regression mask on the network's grid.
+
+    With ``per_object`` the mask holds 1 / (number of grid cells regressing that
+    box) instead of 1, so each labelled cell weighs the same in the box loss: a
+    BCCD cell (about 100 px in the input) is regressed at about nine grid
+    cells, a Chula cell (about 33 px) at two to four, and with a plain mask the
+    big cameras' boxes outweigh the small camera's threefold.
+    """
     gh, gw = grid_hw
     heat = np.zeros((gh, gw), np.float32)
     ltrb = np.zeros((4, gh, gw), np.float32)
@@ -514,14 +522,16 @@ def detector_targets(boxes_net: np.ndarray, grid_hw, stride):
         inside = (np.abs(cxg - cx) <= max(bw / 4, stride * 0.75)) & (np.abs(cyg - cy) <= max(bh / 4, stride * 0.75))
         t = np.stack([cxg - x1, cyg - y1, x2 - cxg, y2 - cyg]) / stride
         ltrb[:, inside] = t[:, inside]
-        mask[inside] = 1.0
+        mask[inside] = 1.0 / max(1, int(inside.sum())) if per_object else 1.0
     return heat, ltrb, mask
 
 
 class FrameSet(Dataset):
     def __init__(self, frames, boxes, train: bool, seed: int, strength: float = 1.0,
-                 keep_visible: float = KEEP_VISIBLE, stride: int = 16, sources=None, mosaic: float = 0.0):
+                 keep_visible: float = KEEP_VISIBLE, stride: int = 16, sources=None, mosaic: float = 0.0,
+                 per_object: bool = False):
         self.frames, self.boxes, self.train, self.seed, self.strength = frames, boxes, train, seed, strength
+        self.per_object = per_object
         self.keep_visible, self.stride, self.mosaic = keep_visible, stride, mosaic
         self.partners = None
         if mosaic > 0:
@@ -545,7 +555,7 @@ class FrameSet(Dataset):
             img = augment.photometric(img, rng, self.strength)
         x, lb = preprocess.detector_input(img)
         b = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
-        heat, ltrb, mask = detector_targets(b, self.grid, self.stride)
+        heat, ltrb, mask = detector_targets(b, self.grid, self.stride, self.per_object)
         return torch.from_numpy(x[0]), torch.from_numpy(heat), torch.from_numpy(ltrb), torch.from_numpy(mask)
 
 
@@ -559,10 +569,18 @@ def focal_heat_loss(logits, target):
     return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
 
 
-def box_loss(pred, target, mask):
-    """GIoU-free IoU loss on ltrb distances + L1, only where a box is regressed."""
+BOX_LOSSES = ("cell", "object")
+
+
+def box_loss(pred, target, mask, relative: bool = False):
+    """GIoU-free IoU loss on ltrb distances + L1, only where a box is regressed (``mask`` weighs each grid cell).
+
+    The L1 term is in strides, or with ``relative`` in units of the labelled
+    box's mean side: a 1.4x too large box then costs a small cell as much as a
+    big one (in strides it costs a Chula cell a third of what it costs BCCD's).
+    """
     m = mask.unsqueeze(1)
-    if mask.sum() < 1:
+    if mask.sum() <= 0:
         return pred.sum() * 0
     pl, pt, pr, pb = pred.unbind(1)
     tl, tt, tr, tb = target.unbind(1)
@@ -570,7 +588,11 @@ def box_loss(pred, target, mask):
     union = (pl + pr) * (pt + pb) + (tl + tr) * (tt + tb) - inter
     iou = inter / union.clamp(min=1e-6)
     l_iou = ((1 - iou) * mask).sum() / mask.sum()
-    l1 = (torch.abs(pred - target) * m).sum() / (m.sum() * 4) / 4
+    if relative:
+        side = ((tl + tr + tt + tb) / 2).clamp(min=0.5).unsqueeze(1)
+        l1 = (torch.abs(pred - target) / side * m).sum() / (m.sum() * 4)
+    else:
+        l1 = (torch.abs(pred - target) * m).sum() / (m.sum() * 4) / 4
     return l_iou + l1
 
 
@@ -609,7 +631,8 @@ def train_detector(args, device) -> dict:
             w[m] = share / m.sum()
     idx = np.nonzero(tr)[0]
     train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug, args.keep_visible,
-                         args.stride, sources=sources[idx], mosaic=args.mosaic)
+                         args.stride, sources=sources[idx], mosaic=args.mosaic,
+                         per_object=args.box_loss == "object")
     sampler = WeightedRandomSampler(torch.from_numpy(w[idx]), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers, drop_last=True,
@@ -626,7 +649,7 @@ def train_detector(args, device) -> dict:
                                         disable=args.quiet):
             x, heat, ltrb, mask = (t.to(device, non_blocking=True) for t in (x, heat, ltrb, mask))
             ph, pb = model(to_network_input(x))
-            loss = focal_heat_loss(ph[:, 0], heat) + 2.0 * box_loss(pb, ltrb, mask)
+            loss = focal_heat_loss(ph[:, 0], heat) + 2.0 * box_loss(pb, ltrb, mask, args.box_loss == "object")
             take_step(model, opt, sched, ema, loss)
             total += float(loss.detach()) * len(x)
             n += len(x)
@@ -644,7 +667,8 @@ def train_detector(args, device) -> dict:
                     {k: round(v, 3) for k, v in rec.items()}, {k: round(v, 3) for k, v in rec75.items()},
                     time.time() - t0)
         state = {"state_dict": scored.state_dict(), "width": args.width, "stride": args.stride,
-                 "epoch": epoch + 1, "val": rec, "val_ap75": rec75, "select_by": args.select_by}
+                 "epoch": epoch + 1, "val": rec, "val_ap75": rec75, "select_by": args.select_by,
+                 "box_loss": args.box_loss}
         if score >= best:
             best = score
             torch.save(state, Path(args.out) / "detector.pt")
@@ -663,7 +687,7 @@ DEFAULTS = {
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
                        photometric_first=0.0, noise_at_source=True),
     "detector": dict(width=0.35, epochs=24, epoch_size=1536, batch=16, lr=3e-3, ema=0.0, keep_visible=KEEP_VISIBLE,
-                     stride=16, mosaic=0.0, select_by="ap50"),
+                     stride=16, mosaic=0.0, select_by="ap50", box_loss="cell"),
 }
 
 
@@ -725,6 +749,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--select-by", choices=("ap50", "ap50_75"),
                     help="detector: the val figure that picks the checkpoint, per camera then averaged "
                          "(ap50: shipped; ap50_75: the mean of AP50 and AP75, tried in session 14)")
+    ap.add_argument("--box-loss", choices=BOX_LOSSES,
+                    help="detector: 'cell' weighs every regressed grid cell the same, L1 in strides (shipped); "
+                         "'object' weighs every labelled cell the same, L1 relative to its box")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

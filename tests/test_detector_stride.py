@@ -47,3 +47,30 @@ def test_training_targets_decode_back_to_the_boxes(stride):
     assert len(found) == 2
     found = found[np.argsort(found[:, 0])]
     assert np.abs(found - boxes).max() < 1e-3
+
+
+def test_per_object_mask_weighs_each_cell_once():
+    # a BCCD-sized and a Chula-sized cell: with a plain mask the big one owns most regressed grid cells,
+    # with per_object each labelled cell sums to one
+    boxes = np.array([[20, 20, 124, 124], [200, 100, 233, 133]], np.float32)
+    w, h = DETECTOR_SIZE
+    grid = (h // 16, w // 16)
+    _, ltrb, plain = train.detector_targets(boxes, grid, 16)
+    _, ltrb_o, obj = train.detector_targets(boxes, grid, 16, per_object=True)
+    assert np.array_equal(ltrb, ltrb_o) and np.array_equal(plain > 0, obj > 0)
+    big = np.zeros_like(plain, bool)
+    big[1:8, 1:8] = True
+    assert plain[big].sum() > 2 * plain[~big].sum()
+    assert obj[big].sum() == pytest.approx(1.0) and obj[~big].sum() == pytest.approx(1.0)
+
+
+def test_relative_l1_costs_a_small_box_what_it_costs_a_big_one():
+    # the same 1.4x error on a 2-stride and a 6-stride box: equal loss when relative,
+    # three times less for the small box in strides
+    small = torch.full((1, 4, 1, 1), 1.0)
+    big = torch.full((1, 4, 1, 1), 3.0)
+    mask = torch.ones(1, 1, 1)
+    rel = [float(train.box_loss(t * 1.4, t, mask, relative=True)) for t in (small, big)]
+    cell = [float(train.box_loss(t * 1.4, t, mask)) for t in (small, big)]
+    assert rel[0] == pytest.approx(rel[1])
+    assert cell[1] - cell[0] > 0.05
