@@ -569,7 +569,8 @@ def focal_heat_loss(logits, target):
     return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
 
 
-BOX_LOSSES = ("cell", "object")
+# name -> (per-object mask weights, L1 relative to the box's side); see detector_targets and box_loss
+BOX_LOSSES = {"cell": (False, False), "object": (True, True), "object_stride": (True, False)}
 
 
 def box_loss(pred, target, mask, relative: bool = False):
@@ -632,7 +633,7 @@ def train_detector(args, device) -> dict:
     idx = np.nonzero(tr)[0]
     train_set = FrameSet(d["frames"][idx], d["boxes"][idx], True, args.seed, args.aug, args.keep_visible,
                          args.stride, sources=sources[idx], mosaic=args.mosaic,
-                         per_object=args.box_loss == "object")
+                         per_object=BOX_LOSSES[args.box_loss][0])
     sampler = WeightedRandomSampler(torch.from_numpy(w[idx]), args.epoch_size, replacement=True,
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(train_set, batch_size=args.batch, sampler=sampler, num_workers=args.workers, drop_last=True,
@@ -649,7 +650,7 @@ def train_detector(args, device) -> dict:
                                         disable=args.quiet):
             x, heat, ltrb, mask = (t.to(device, non_blocking=True) for t in (x, heat, ltrb, mask))
             ph, pb = model(to_network_input(x))
-            loss = focal_heat_loss(ph[:, 0], heat) + 2.0 * box_loss(pb, ltrb, mask, args.box_loss == "object")
+            loss = focal_heat_loss(ph[:, 0], heat) + 2.0 * box_loss(pb, ltrb, mask, BOX_LOSSES[args.box_loss][1])
             take_step(model, opt, sched, ema, loss)
             total += float(loss.detach()) * len(x)
             n += len(x)
@@ -749,9 +750,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--select-by", choices=("ap50", "ap50_75"),
                     help="detector: the val figure that picks the checkpoint, per camera then averaged "
                          "(ap50: shipped; ap50_75: the mean of AP50 and AP75, tried in session 14)")
-    ap.add_argument("--box-loss", choices=BOX_LOSSES,
+    ap.add_argument("--box-loss", choices=tuple(BOX_LOSSES),
                     help="detector: 'cell' weighs every regressed grid cell the same, L1 in strides (shipped); "
-                         "'object' weighs every labelled cell the same, L1 relative to its box")
+                         "'object' weighs every labelled cell the same, L1 relative to its box; "
+                         "'object_stride' weighs every labelled cell the same, L1 in strides")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

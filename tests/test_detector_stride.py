@@ -74,3 +74,13 @@ def test_relative_l1_costs_a_small_box_what_it_costs_a_big_one():
     cell = [float(train.box_loss(t * 1.4, t, mask)) for t in (small, big)]
     assert rel[0] == pytest.approx(rel[1])
     assert cell[1] - cell[0] > 0.05
+
+
+@pytest.mark.parametrize("name, per_object, relative", [("cell", False, False), ("object", True, True),
+                                                         ("object_stride", True, False)])
+def test_box_loss_names_choose_the_mask_weights_and_the_l1_units(name, per_object, relative):
+    # 'cell' is the shipped default and must stay the shipped loss; 'object_stride' (session 22) takes
+    # the per-object weights of 'object' with the shipped L1 in strides
+    args = train.parse_args(["detector", "--out", "x"] + (["--box-loss", name] if name != "cell" else []))
+    assert args.box_loss == name
+    assert train.BOX_LOSSES[args.box_loss] == (per_object, relative)
