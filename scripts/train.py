@@ -621,10 +621,29 @@ def detector_val_ap(model, frames, boxes, device) -> dict:
     return ap50_ap75(dets, [g.reshape(-1, 4) for g in boxes])
 
 
+def chula_fold(sources, splits, keys, slides) -> np.ndarray:
+    """Mask of the Chula *train* frames of these slides (a study fold: kept out of training, scored each epoch).
+
+    Chula's val split is two slides with 15 cells, too few to tell two box
+    losses apart; a fold of train slides gives a bigger slide-disjoint set
+    without touching test. Keys are ``<slide>_<frame>.jpg``.
+    """
+    slides = set(slides or ())
+    if not slides:
+        return np.zeros(len(sources), bool)
+    slide = np.array([k.rsplit("_", 1)[0] for k in keys])
+    present = set(slide[(sources == "chula") & (splits == "train")])
+    if not slides <= present:
+        raise SystemExit(f"--fold-slides: {sorted(slides - present)} are not Chula train slides "
+                         f"(train slides: {sorted(present)})")
+    return (sources == "chula") & (splits == "train") & np.isin(slide, sorted(slides))
+
+
 def train_detector(args, device) -> dict:
     d = data.load("det")
     sources, splits = d["sources"], d["splits"]
-    tr = (splits == "train") & np.array([s != args.exclude_source for s in sources])
+    fold = chula_fold(sources, splits, d["keys"], args.fold_slides)
+    tr = (splits == "train") & np.array([s != args.exclude_source for s in sources]) & ~fold
     w = np.zeros(len(sources))
     for src, share in DET_SOURCE_SHARE.items():
         m = tr & (sources == src)
@@ -657,11 +676,13 @@ def train_detector(args, device) -> dict:
         scored = ema.model if ema else model
         aps = {src: detector_val_ap(scored, d["frames"][ix], d["boxes"][ix], device) for src, ix in val.items()
                if len(ix) and src != args.exclude_source}
-        rec = {src: a["ap50"] for src, a in aps.items()}
-        rec75 = {src: a["ap75"] for src, a in aps.items()}
         # each camera counts the same
         score = float(np.mean([a["ap50"] if args.select_by == "ap50" else (a["ap50"] + a["ap75"]) / 2
                                for a in aps.values()]))
+        if fold.any():  # measured, never part of the checkpoint choice
+            aps["chula_fold"] = detector_val_ap(scored, d["frames"][fold], d["boxes"][fold], device)
+        rec = {src: a["ap50"] for src, a in aps.items()}
+        rec75 = {src: a["ap75"] for src, a in aps.items()}
         history.append({"epoch": epoch + 1, "loss": total / n, "val_ap50": rec, "val_ap75": rec75,
                         "seconds": time.time() - t0})
         logger.info("epoch %d loss %.4f val AP50 %s AP75 %s (%.0fs)", epoch + 1, total / n,
@@ -754,6 +775,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="detector: 'cell' weighs every regressed grid cell the same, L1 in strides (shipped); "
                          "'object' weighs every labelled cell the same, L1 relative to its box; "
                          "'object_stride' weighs every labelled cell the same, L1 in strides")
+    ap.add_argument("--fold-slides", type=lambda v: [x for x in v.split(",") if x], default=None,
+                    metavar="SLIDE,...",
+                    help="detector study: keep these Chula train slides out of training and score them each "
+                         "epoch as 'chula_fold' (not part of the checkpoint choice)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -84,3 +84,15 @@ def test_box_loss_names_choose_the_mask_weights_and_the_l1_units(name, per_objec
     args = train.parse_args(["detector", "--out", "x"] + (["--box-loss", name] if name != "cell" else []))
     assert args.box_loss == name
     assert train.BOX_LOSSES[args.box_loss] == (per_object, relative)
+
+
+def test_chula_fold_takes_only_the_named_train_slides_and_rejects_others():
+    sources = np.array(["chula", "chula", "chula", "bccd", "chula"])
+    splits = np.array(["train", "train", "val", "train", "test"])
+    keys = np.array(["L-8_0001.jpg", "M-8_0002.jpg", "L-8_0003.jpg", "L-8_0004.jpg", "N-1B_0001.jpg"])
+    assert train.chula_fold(sources, splits, keys, None).tolist() == [False] * 5
+    # a val-split frame of the same slide id and another source's key are not moved
+    assert train.chula_fold(sources, splits, keys, ["L-8"]).tolist() == [True, False, False, False, False]
+    with pytest.raises(SystemExit, match="N-1B"):  # a test slide can never become a study fold
+        train.chula_fold(sources, splits, keys, ["N-1B"])
+    assert train.parse_args(["detector", "--out", "x", "--fold-slides", "L-8,N-3B"]).fold_slides == ["L-8", "N-3B"]
