@@ -38,6 +38,11 @@ class ModelConfig(_Strict):
     # Also run the detector on the mirrored frame and average (None = the
     # manifest's tta_flip). false halves the detector's cost per frame.
     detector_flip: Optional[bool] = None
+    # Per-camera box calibration: detected boxes are scaled about their centres by this before
+    # tracking, cropping and display. 1.0 = as the network regresses them; a camera whose cells
+    # come out boxed too large gets the factor `python -m scripts.box_fit` suggests from that
+    # camera's labelled training frames (see models/MODEL_CARD.md).
+    box_scale: float = Field(1.0, ge=0.5, le=1.5)
 
 
 class InferenceConfig(_Strict):

@@ -170,25 +170,33 @@ class Detector:
     With ``flip`` the frame is also run mirrored left-right and the two
     heatmaps and box distances are averaged before decoding (one more backend
     call per frame; chosen on the val frames, see models/EVALUATION.md).
+
+    ``box_scale`` is a per-camera calibration: every box is scaled about its
+    centre by it, in frame pixels, before anything downstream (tracking, the
+    tally, the crop the classifier sees, the display) uses it. A camera whose
+    cells the network boxes too large gets a factor below 1, fitted on that
+    camera's training frames (``scripts.box_fit``).
     """
 
     def __init__(self, backend: Backend, stride: int, threshold: float = 0.35, nms_iou: float = 0.4,
-                 flip: bool = False, vote: bool = True):
+                 flip: bool = False, vote: bool = True, box_scale: float = 1.0):
         self.backend = backend
         self.stride = stride
         self.threshold = threshold
         self.nms_iou = nms_iou
         self.flip = flip
         self.vote = vote
+        self.box_scale = box_scale
 
     @classmethod
     def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
-                     flip: bool | None = None) -> "Detector":
+                     flip: bool | None = None, box_scale: float = 1.0) -> "Detector":
         """The detector as its manifest says it was validated (stride, mirrored second pass, box vote;
         manifests before ``box_vote`` was recorded all voted)."""
         entry = manifest.entry("detector")
         flip = bool(entry.get("tta_flip", False)) if flip is None else flip
-        return cls(backend, int(entry["stride"]), threshold, flip=flip, vote=bool(entry.get("box_vote", True)))
+        return cls(backend, int(entry["stride"]), threshold, flip=flip, vote=bool(entry.get("box_vote", True)),
+                   box_scale=box_scale)
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network input -> (H, W) heatmap and (H, W, 4) ltrb, mirror-averaged when ``flip``."""
@@ -210,7 +218,7 @@ class Detector:
         boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
         if not len(boxes):
             return []
-        boxes = lb.to_frame(boxes)
+        boxes = scale_boxes(lb.to_frame(boxes), self.box_scale)
         h, w = frame_rgb.shape[:2]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
@@ -305,6 +313,15 @@ def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold
     return boxes[keep], scores[keep].astype(np.float32)
 
 
+def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
+    """(N, 4) x1, y1, x2, y2 boxes with both sides scaled by ``factor`` about their centres."""
+    if factor == 1.0:
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    return np.concatenate([centre - half, centre + half], axis=1).astype(boxes.dtype)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     order = np.argsort(-scores)
     keep: list[int] = []
@@ -330,13 +347,13 @@ class ModelBundle:
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
                  threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
-                 tta_views: int | None = None, detector_flip: bool | None = None):
+                 tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0):
         self.manifest = Manifest.load(model_dir)
         self.backend_name = resolve_backend_name(backend)
         self.precision = precision
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
-        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip)
+        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip, box_scale)
         self.classifier = Classifier.for_manifest(cls_backend, self.manifest, tta_views)
 
     @classmethod
@@ -345,7 +362,7 @@ class ModelBundle:
         return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
                    threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
                    engine_dir=cfg.inference.engine_dir, tta_views=cfg.model.tta_views,
-                   detector_flip=cfg.model.detector_flip)
+                   detector_flip=cfg.model.detector_flip, box_scale=cfg.model.box_scale)
 
     @property
     def version(self) -> str:

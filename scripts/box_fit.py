@@ -10,6 +10,11 @@ A ratio well above 1 on one camera only is a box-regression bias, not a miss.
 Train figures say whether the network fits its own frames; they never choose
 a model (``scripts.select_model`` scores val only, and nothing here reads test
 unless asked).
+
+Each train row also carries ``suggested_box_scale``: 1 / that median ratio,
+the per-camera ``[model] box_scale`` a device with that camera would be set
+to (``models/training/plan_boxscale.md`` says when one is adopted).
+``--box-scale CAMERA=FACTOR`` scores a camera's frames with boxes so scaled.
 """
 
 from __future__ import annotations
@@ -32,6 +37,30 @@ logger = logging.getLogger(__name__)
 
 CAMERAS = ("bccd", "chula", "txl_pbc")
 MATCH_IOU = 0.3  # loose enough to pair a 1.4x too large box (IoU about 0.5) with its cell
+SCALE_RANGE = (0.5, 1.5)  # what [model] box_scale accepts
+
+
+def suggested_scale(ratios: np.ndarray) -> float:
+    """The box scale that would make the median matched box the labelled size (2 decimals, as configured)."""
+    if not len(ratios):
+        raise ValueError("no labelled cell was matched: no box scale can be fitted")
+    return round(float(np.clip(1.0 / np.median(ratios), *SCALE_RANGE)), 2)
+
+
+def parse_scales(specs: list[str]) -> dict[str, float]:
+    """``["chula=0.89"]`` -> ``{"chula": 0.89}``, each camera known and each factor in range."""
+    out = {}
+    for spec in specs:
+        cam, sep, value = spec.partition("=")
+        if not sep or cam not in CAMERAS:
+            raise ValueError(f"--box-scale {spec!r}: expected CAMERA=FACTOR with CAMERA one of {CAMERAS}")
+        try:
+            out[cam] = float(value)
+        except ValueError:
+            raise ValueError(f"--box-scale {spec!r}: {value!r} is not a number") from None
+        if not SCALE_RANGE[0] <= out[cam] <= SCALE_RANGE[1]:
+            raise ValueError(f"--box-scale {spec!r}: factor outside {SCALE_RANGE}")
+    return out
 
 
 def side_ratios(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray]) -> np.ndarray:
@@ -49,23 +78,28 @@ def side_ratios(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray]
     return np.asarray(out, np.float64)
 
 
-def box_fit(model_dir: Path, splits: tuple[str, ...]) -> dict:
+def box_fit(model_dir: Path, splits: tuple[str, ...], scales: dict[str, float] | None = None,
+            cameras: tuple[str, ...] = CAMERAS) -> dict:
     manifest = Manifest.load(model_dir)
     det = evaluate.detector_runners(manifest)["tflite_int8"]
     d = data.load("det")
-    res: dict = {"version": manifest.version}
+    res: dict = {"version": manifest.version, "box_scale": dict(scales or {})}
     for split in splits:
-        for cam in CAMERAS:
+        for cam in cameras:
             ix = np.nonzero((d["sources"] == cam) & (d["splits"] == split))[0]
             if not len(ix):
                 continue
+            det.box_scale = (scales or {}).get(cam, 1.0)
             dets = [evaluate.detect_arrays(det, d["frames"][i]) for i in ix]
             gts = [d["boxes"][i].reshape(-1, 4) for i in ix]
             r = side_ratios(dets, gts)
             row = dict(eval_metrics.ap50_ap75(dets, gts), frames=int(len(ix)), cells=int(sum(map(len, gts))),
-                       matched=int(len(r)))
+                       matched=int(len(r)), box_scale=det.box_scale)
             if len(r):
                 row["side_ratio_quartiles"] = [float(q) for q in np.percentile(r, [25, 50, 75])]
+                if split == "train":
+                    # relative to the boxes as scored, so a row scored at factor f suggests f * this
+                    row["suggested_box_scale"] = round(det.box_scale * suggested_scale(r), 2)
             res[f"{cam}/{split}"] = row
             logger.info("%s %s: %s", cam, split, {k: (round(v, 3) if isinstance(v, float) else v)
                                                    for k, v in row.items()})
@@ -76,10 +110,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val", "test"))
+    ap.add_argument("--cameras", nargs="+", default=list(CAMERAS), choices=CAMERAS)
+    ap.add_argument("--box-scale", action="append", default=[], metavar="CAMERA=FACTOR",
+                    help="score this camera's frames with boxes scaled about their centres (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = box_fit(args.model_dir, tuple(args.splits))
+    try:
+        scales = parse_scales(args.box_scale)
+    except ValueError as exc:
+        ap.error(str(exc))
+    res = box_fit(args.model_dir, tuple(args.splits), scales, tuple(args.cameras))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

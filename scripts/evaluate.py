@@ -36,6 +36,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -130,13 +131,27 @@ def detect_arrays(det: Detector, frame: np.ndarray) -> tuple[np.ndarray, np.ndar
             np.array([f.score for f in found], np.float32))
 
 
-def detections_on_val(det: Detector) -> dict[str, tuple[list, list[np.ndarray]]]:
+@contextmanager
+def box_scaled(det: Detector, camera: str, scales: dict[str, float] | None):
+    """``det`` with ``camera``'s per-device box scale (``[model] box_scale``; 1.0 if none given), restored after."""
+    as_found = det.box_scale
+    det.box_scale = (scales or {}).get(camera, 1.0)
+    try:
+        yield det
+    finally:
+        det.box_scale = as_found
+
+
+def detections_on_val(det: Detector, scales: dict[str, float] | None = None
+                      ) -> dict[str, tuple[list, list[np.ndarray]]]:
     """Per frame camera: the detector's (boxes, scores) on each *val* frame, and the annotated boxes."""
     d = data.load("det")
     out = {}
     for src in ("bccd", "chula", "txl_pbc"):
         ix = np.nonzero((d["sources"] == src) & (d["splits"] == "val"))[0]
-        out[src] = ([detect_arrays(det, d["frames"][i]) for i in ix], [d["boxes"][i].reshape(-1, 4) for i in ix])
+        with box_scaled(det, src, scales):
+            out[src] = ([detect_arrays(det, d["frames"][i]) for i in ix],
+                        [d["boxes"][i].reshape(-1, 4) for i in ix])
     return out
 
 
@@ -364,14 +379,17 @@ def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
     return res
 
 
-def eval_end_to_end_val(det, clf, threshold: float) -> dict:
+def eval_end_to_end_val(det, clf, threshold: float, scales: dict[str, float] | None = None) -> dict:
     """INT8 end to end on the *val* frames of both labelled frame cameras (judges crop-augmentation changes)."""
-    res = {src: end_to_end(det, clf, e2e_items(src, "val"), threshold) for src in ("chula", "bccd")}
+    res = {}
+    for src in ("chula", "bccd"):
+        with box_scaled(det, src, scales):
+            res[src] = end_to_end(det, clf, e2e_items(src, "val"), threshold)
     logger.info("end-to-end on val: %s", {k: (v["detected_and_typed"], v["cells"]) for k, v in res.items()})
     return res
 
 
-def eval_kiosk_framing(manifest: Manifest, clf, split: str) -> dict:
+def eval_kiosk_framing(manifest: Manifest, clf, split: str, scales: dict[str, float] | None = None) -> dict:
     """The crops of one split as given and as the kiosk frames them: this model's own INT8 detector finds
     the cell and the kiosk's square is cut around it (the image itself if none is found), which is what
     ``wbc-counter classify`` does. Chula and BCCD crops are cut at the annotated box already and are
@@ -384,7 +402,8 @@ def eval_kiosk_framing(manifest: Manifest, clf, split: str) -> dict:
         if not m.any():
             continue  # Tecom is never trained on, so it has no val split
         photos, truth = list(d["images"][m]), d["labels"][m].astype(int)
-        squares = [framing.kiosk_square(det, p) for p in photos]
+        with box_scaled(det, src, scales):  # a crop source's camera, where it is also a frame camera
+            squares = [framing.kiosk_square(det, p) for p in photos]
         framed = [framing.kiosk_crop(p, q) for p, q in zip(photos, squares)]
         res[src] = {"photo": classification_metrics(truth, run_classifier(clf, photos)),
                     "kiosk": classification_metrics(truth, run_classifier(clf, framed)),

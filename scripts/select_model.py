@@ -26,6 +26,10 @@ No test split is read. Each folder is run through the product's own INT8 path
   the val frames of each camera, decoded as the manifest says (box vote,
   mirrored pass), and ``det_ap50_mean`` / ``det_ap75_mean`` over the cameras.
 
+``--box-scale CAMERA=FACTOR`` scores that camera (``chula``, ``bccd``) as a
+device set to ``[model] box_scale = FACTOR`` would see it: its val frames,
+end to end, and its crops' kiosk framing.
+
 The decision rule itself is written down, before a candidate is scored, in
 ``models/training/`` (one file per candidate).
 """
@@ -44,28 +48,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app.inference import Manifest  # noqa: E402
-from scripts import eval_metrics, evaluate  # noqa: E402
+from scripts import box_fit, eval_metrics, evaluate  # noqa: E402
 
 NOISE_ALPHA = 0.35  # the issue's noise target is set at this alpha
 
 
-def score(model_dir: Path) -> dict:
+def score(model_dir: Path, scales: dict[str, float] | None = None) -> dict:
     manifest = Manifest.load(model_dir)
     clf = evaluate.classifier_runners(manifest)["tflite_int8"]
     det = evaluate.detector_runners(manifest)["tflite_int8"]
-    row = summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val"),
-                    evaluate.eval_end_to_end_val(det, clf, evaluate.THRESHOLD))
+    row = summarise(manifest.version, evaluate.eval_kiosk_framing(manifest, clf, "val", scales),
+                    evaluate.eval_end_to_end_val(det, clf, evaluate.THRESHOLD, scales))
+    row["box_scale"] = dict(scales or {})
     crops, truth = evaluate.all_source_crops("pbc", ("val",))
     row["pbc_noise35_classify"] = evaluate.noisy_five_class(clf, det, crops, truth, NOISE_ALPHA)
     row["pbc_noise35_photo"] = evaluate.noisy_five_class(clf, None, crops, truth, NOISE_ALPHA)
-    row.update(detector_val_ap(det))
+    row.update(detector_val_ap(det, scales))
     return row
 
 
-def detector_val_ap(det) -> dict:
+def detector_val_ap(det, scales: dict[str, float] | None = None) -> dict:
     """AP at IoU 0.5 and 0.75 per camera on the val frames (0.75: how tight the boxes are)."""
     out = {"det_ap50": {}, "det_ap75": {}}
-    for src, (dets, gts) in evaluate.detections_on_val(det).items():
+    for src, (dets, gts) in evaluate.detections_on_val(det, scales).items():
         for key, ap in eval_metrics.ap50_ap75(dets, gts).items():
             out[f"det_{key}"][src] = ap
     for iou in (50, 75):
@@ -98,10 +103,16 @@ def summarise(version: str, kiosk: dict, e2e: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dirs", type=Path, nargs="+")
+    ap.add_argument("--box-scale", action="append", default=[], metavar="CAMERA=FACTOR",
+                    help="score this camera as a device with [model] box_scale = FACTOR (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
+    try:
+        scales = box_fit.parse_scales(args.box_scale)
+    except ValueError as exc:
+        ap.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    rows = {str(d): score(d) for d in args.model_dirs}
+    rows = {str(d): score(d, scales) for d in args.model_dirs}
     text = json.dumps(rows, indent=1)
     if args.json:
         args.json.write_text(text)
