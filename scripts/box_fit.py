@@ -15,11 +15,23 @@ Each train row also carries ``suggested_box_scale``: 1 / that median ratio,
 the per-camera ``[model] box_scale`` a device with that camera would be set
 to (``models/training/plan_boxscale.md`` says when one is adopted).
 ``--box-scale CAMERA=FACTOR`` scores a camera's frames with boxes so scaled.
+
+A site fits its own camera from a few labelled frames of it, without the
+training data (no dataset cache is read):
+
+    python -m scripts.box_fit models --labels site/boxes.csv
+
+``boxes.csv`` has a row per leukocyte, ``image,x1,y1,x2,y2`` in the image's
+own pixels (image paths relative to the CSV's folder, or to ``--images DIR``;
+a ``cell`` column, if present, keeps only ``WBC`` rows, the layout of the
+shared datasets' ``boxes.csv``). The row it prints (key ``site``) carries the same figures and the
+``suggested_box_scale`` for that device's ``[model] box_scale``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -30,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edge_app import preprocess  # noqa: E402
 from edge_app.inference import Manifest  # noqa: E402
 from scripts import data, eval_metrics, evaluate  # noqa: E402
 
@@ -106,6 +119,51 @@ def box_fit(model_dir: Path, splits: tuple[str, ...], scales: dict[str, float] |
     return res
 
 
+def read_labels(path: Path, images: Path | None = None) -> dict[Path, np.ndarray]:
+    """A site's ``boxes.csv`` -> {image path: (N, 4) leukocyte boxes}; errors name the file and row."""
+    out: dict[Path, list] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"image", "x1", "y1", "x2", "y2"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected image,x1,y1,x2,y2")
+        for n, row in enumerate(reader, start=2):
+            if row.get("cell", "WBC") != "WBC":
+                continue
+            try:
+                box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+            except (TypeError, ValueError):
+                raise ValueError(f"{path} line {n}: box coordinates must be numbers") from None
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise ValueError(f"{path} line {n}: x2/y2 must be larger than x1/y1")
+            out.setdefault((images or path.parent) / row["image"], []).append(box)
+    if not out:
+        raise ValueError(f"{path}: no leukocyte rows")
+    return {k: np.array(v, np.float32) for k, v in out.items()}
+
+
+def site_fit(model_dir: Path, labels: Path, images: Path | None = None, scale: float = 1.0) -> dict:
+    """The box figures and suggested scale of one site's labelled frames (INT8, manifest decoding)."""
+    manifest = Manifest.load(model_dir)
+    det = evaluate.detector_runners(manifest)["tflite_int8"]
+    det.box_scale = scale
+    dets, gts = [], []
+    for image, gt in read_labels(labels, images).items():
+        try:
+            frame = preprocess.read_rgb(str(image))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{labels}: cannot read {image}: {exc}") from None
+        dets.append(evaluate.detect_arrays(det, frame))
+        gts.append(gt)
+    r = side_ratios(dets, gts)
+    row = dict(eval_metrics.ap50_ap75(dets, gts), frames=len(gts), cells=int(sum(map(len, gts))),
+               matched=int(len(r)), box_scale=scale)
+    if len(r):
+        row["side_ratio_quartiles"] = [float(q) for q in np.percentile(r, [25, 50, 75])]
+        row["suggested_box_scale"] = round(scale * suggested_scale(r), 2)
+    return {"version": manifest.version, "site": row}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", type=Path)
@@ -113,14 +171,23 @@ def main(argv=None) -> int:
     ap.add_argument("--cameras", nargs="+", default=list(CAMERAS), choices=CAMERAS)
     ap.add_argument("--box-scale", action="append", default=[], metavar="CAMERA=FACTOR",
                     help="score this camera's frames with boxes scaled about their centres (repeatable)")
+    ap.add_argument("--labels", type=Path, metavar="CSV",
+                    help="fit one site's camera from its own labelled frames instead (image,x1,y1,x2,y2)")
+    ap.add_argument("--images", type=Path, metavar="DIR", help="with --labels: the folder the image paths are in")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         scales = parse_scales(args.box_scale)
-    except ValueError as exc:
-        ap.error(str(exc))
-    res = box_fit(args.model_dir, tuple(args.splits), scales, tuple(args.cameras))
+        if args.labels is not None:
+            if scales:
+                raise ValueError("--box-scale names a training camera; with --labels the site is fitted as regressed")
+            res = site_fit(args.model_dir, args.labels, args.images)
+        else:
+            res = box_fit(args.model_dir, tuple(args.splits), scales, tuple(args.cameras))
+    except (OSError, ValueError) as exc:
+        print(f"box_fit: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
