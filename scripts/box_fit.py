@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
-from edge_app.inference import Manifest  # noqa: E402
+from edge_app.inference import Detector, Manifest, create_backend  # noqa: E402
 from scripts import data, eval_metrics, evaluate  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 CAMERAS = ("bccd", "chula", "txl_pbc")
 MATCH_IOU = 0.3  # loose enough to pair a 1.4x too large box (IoU about 0.5) with its cell
 SCALE_RANGE = (0.5, 1.5)  # what [model] box_scale accepts
+AP_THRESHOLD = 0.05  # detections kept for AP, as scripts.evaluate scores them
 
 
 def suggested_scale(ratios: np.ndarray) -> float:
@@ -145,8 +146,9 @@ def read_labels(path: Path, images: Path | None = None) -> dict[Path, np.ndarray
 def site_fit(model_dir: Path, labels: Path, images: Path | None = None, scale: float = 1.0) -> dict:
     """The box figures and suggested scale of one site's labelled frames (INT8, manifest decoding)."""
     manifest = Manifest.load(model_dir)
-    det = evaluate.detector_runners(manifest)["tflite_int8"]
-    det.box_scale = scale
+    # the product's own INT8 TFLite path, so a site needs nothing beyond the runtime install
+    det = Detector.for_manifest(create_backend(manifest, "detector", "tflite", "int8"), manifest, AP_THRESHOLD,
+                                box_scale=scale)
     dets, gts = [], []
     for image, gt in read_labels(labels, images).items():
         try:
