@@ -14,11 +14,13 @@ Restart policy after a crash or power cut (a session still 'open'):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge_app import selftest
 from edge_app.capture import CaptureState, CaptureThread
@@ -50,8 +52,21 @@ class SessionInfo:
     meta: dict
 
 
+def device_calibration(cfg, box_scale: float) -> dict:
+    """The per-device settings that shape what the network sees and the boxes it gives, as stored with
+    each new session: the box scale in force and the blank-field capture (path and sha256)."""
+    flat = cfg.capture.flat_field
+    digest = None
+    if flat:
+        try:
+            digest = hashlib.sha256(Path(flat).read_bytes()).hexdigest()
+        except OSError:  # the pipeline has already refused an unreadable one; never block counting here
+            digest = None
+    return {"box_scale": float(box_scale), "flat_field": flat, "flat_field_sha256": digest}
+
+
 def open_or_resume(store: Store, cfg, *, live: bool, sample_id: str | None, backend: str, model_version: str,
-                   target: int, wbc_count: float | None) -> SessionInfo:
+                   target: int, wbc_count: float | None, calibration: dict | None = None) -> SessionInfo:
     """Apply the restart policy (module docstring) and return the session to count into."""
     operator, device = cfg.kiosk.operator, cfg.kiosk.device_id
     for row in reversed(store.open_sessions()):
@@ -70,7 +85,8 @@ def open_or_resume(store: Store, cfg, *, live: bool, sample_id: str | None, back
                        else "a different sample was started")
         store.abort_session(row["id"])
     sid = store.open_session(target=target, sample_id=sample_id, operator=operator, device=device,
-                             model_version=model_version, backend=backend, wbc_count=wbc_count)
+                             model_version=model_version, backend=backend, wbc_count=wbc_count,
+                             calibration=calibration)
     logger.info("session %s opened", sid)
     meta = {"sample_id": sample_id, "operator": operator, "device": device, "model_version": model_version,
             "backend": backend}
@@ -105,7 +121,8 @@ class LiveRun:
         self.target = target or cfg.tally.target
         self.info = open_or_resume(store, cfg, live=source.live, sample_id=sample_id, backend=bundle.backend_name,
                                    model_version=bundle.version, target=self.target,
-                                   wbc_count=wbc_count if wbc_count is not None else cfg.tally.wbc_count)
+                                   wbc_count=wbc_count if wbc_count is not None else cfg.tally.wbc_count,
+                                   calibration=device_calibration(cfg, bundle.detector.box_scale))
         self.capture = CaptureThread(source, max_backoff_s=cfg.capture.reopen_max_backoff_s, max_frames=max_frames,
                                      wait_for_source=cfg.capture.wait_for_camera)
         self.writer = StoreWriter(store, cfg.store.crop_size, cfg.store.jpeg_quality)

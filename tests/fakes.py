@@ -148,6 +148,10 @@ class NoisyDetector:
         self.rng = np.random.default_rng(seed)
         self.jitter_px, self.miss, self.stray = jitter_px, miss, stray
 
+    @property
+    def box_scale(self) -> float:  # part of the Detector surface the runner records per session
+        return self.inner.box_scale
+
     def __call__(self, frame_rgb, background=None):
         from edge_app.inference import Detection
 

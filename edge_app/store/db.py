@@ -127,12 +127,14 @@ class Store:
     # -- sessions -------------------------------------------------------
     def open_session(self, *, target: int, sample_id: str | None = None, operator: str | None = None,
                      device: str | None = None, model_version: str | None = None,
-                     backend: str | None = None, wbc_count: float | None = None) -> str:
+                     backend: str | None = None, wbc_count: float | None = None,
+                     calibration: dict | None = None) -> str:
         sid = uuid.uuid4().hex
         self.conn.execute(
             "INSERT INTO sessions (id, sample_id, operator, device, model_version, backend, target,"
-            " wbc_count, started_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (sid, sample_id, operator, device, model_version, backend, target, wbc_count, utcnow()))
+            " wbc_count, calibration, started_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (sid, sample_id, operator, device, model_version, backend, target, wbc_count,
+             None if calibration is None else json.dumps(calibration, sort_keys=True), utcnow()))
         return sid
 
     def open_sessions(self) -> list[sqlite3.Row]:
