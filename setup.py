@@ -24,6 +24,8 @@ setup(
     extras_require={
         "test": ["pytest>=7", "onnxruntime>=1.16", "fhir.resources>=7", "fhirclient>=4.1",
                  "hl7apy>=1.3.4", "hl7>=0.4.5", "ruff>=0.4", "pyyaml>=6",
+                 # re-derives the shipped INT8 TFLite files from the FP32 ones (tests/test_quantize.py)
+                 "ai-edge-quantizer>=0.10",
                  # display tests grab the Xvfb screen (ImageGrab, XCB)
                  "pillow>=9.2"],
         "train": ["torch==2.13.0", "litert-torch>=0.10", "ai-edge-quantizer>=0.10", "onnxruntime>=1.16",

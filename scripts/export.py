@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
+from scripts.quantize import calibration_inputs, quantize_tflite  # noqa: E402
 from scripts.wbcnet import Classifier, Deployable, Detector  # noqa: E402
 
 logger = logging.getLogger("export")
@@ -61,16 +62,6 @@ def load_net(kind: str, ckpt: str) -> Deployable:
         net = Detector(width=state["width"], stride=int(state.get("stride", 16)))
     net.load_state_dict(state["state_dict"])
     return Deployable(net).eval()
-
-
-def calibration_inputs(kind: str, stain_norm: bool = False) -> list[np.ndarray]:
-    """The shipped calibration images through the runtime preprocessing."""
-    manifest = json.loads((CALIB / "manifest.json").read_text())
-    out = []
-    for e in manifest["crops" if kind == "classifier" else "frames"]:
-        rgb = preprocess.read_rgb(str(CALIB / e["file"]))
-        out.append(preprocess.model_input(kind, rgb, stain_norm))
-    return out
 
 
 def input_shape(kind: str) -> tuple[int, ...]:
@@ -126,50 +117,11 @@ def export_qdq(onnx_path: Path, kind: str, out: Path, calib: list[np.ndarray]) -
 
 def export_tflite(model: Deployable, kind: str, fp32: Path, int8: Path, calib: list[np.ndarray]) -> None:
     import litert_torch
-    from ai_edge_quantizer import calibrator, quantizer, recipe
-    from ai_edge_quantizer.utils import qsv_utils
 
     x = torch.zeros(input_shape(kind))
     edge = litert_torch.convert(model, (x,))
     edge.export(str(fp32))
-    qt = quantizer.Quantizer(str(fp32))
-    qt.load_quantization_recipe(recipe.static_wi8_ai8())
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(fp32))
-    sig = interp.get_signature_list()
-    key = next(iter(sig))
-    in_name = sig[key]["inputs"][0]
-    # Global min/max over the calibration set (the quantiser's default is a
-    # moving average, which clips the brightest/darkest real pixels and cost
-    # 15-25 accuracy points here); same ranges TensorRT's MinMax would see.
-    cal = calibrator.Calibrator(edge_bytes(fp32), num_threads=2, qsv_update_func=qsv_utils.min_max_update)
-    cal.calibrate({key: [{in_name: c} for c in calib]}, qt._recipe_manager)
-    result = widen_empty_ranges(cal.get_model_qsvs())
-    qt.quantize(result, enable_progress_report=False).export_model(str(int8), overwrite=True)
-
-
-def edge_bytes(path: Path) -> bytes:
-    return path.read_bytes()
-
-
-def widen_empty_ranges(qsvs: dict, span: float = 1.0) -> dict:
-    """Give tensors that were constant on every calibration image a real range.
-
-    A channel-attention MLP whose ReLU units never fire on the calibration set
-    has an all-zero hidden tensor; its min/max calibrate to [0, 0], the int8
-    scale (and the next bias scale, input x weight scale) collapses to ~1e-15,
-    and XNNPACK crashes on the model. Zero is exact in any int8 grid, so a
-    nominal range changes no output.
-    """
-    for name, q in qsvs.items():
-        if "min" in q and "max" in q:
-            lo, hi = np.asarray(q["min"], np.float32), np.asarray(q["max"], np.float32)
-            flat = (hi - lo) < 1e-6
-            if flat.any():
-                logger.info("tensor %s was constant on the calibration set: nominal range given", name)
-                q["max"] = np.where(flat, lo + span, hi).astype(np.float32)
-    return qsvs
+    quantize_tflite(fp32, int8, calib)
 
 
 def sha256(path: Path) -> str:
