@@ -41,12 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
-from scripts.quantize import calibration_inputs, quantize_tflite  # noqa: E402
+from scripts.quantize import CALIB, calibration_inputs, quantize_tflite  # noqa: E402
 from scripts.wbcnet import Classifier, Deployable, Detector  # noqa: E402
 
 logger = logging.getLogger("export")
 MODELS = ROOT / "models"
-CALIB = ROOT / "calibration"
 OPSET = 13
 NAMES = {"detector": (["frame"], ["heatmap", "ltrb"]), "classifier": (["crop"], ["probs", "attention"])}
 
