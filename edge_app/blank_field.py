@@ -28,7 +28,7 @@ import numpy as np
 from edge_app import preprocess
 from edge_app.capture import CaptureError, open_source
 from edge_app.config import ConfigError, QualityConfig, load_config
-from edge_app.quality import grey_small
+from edge_app.quality import QualityGate, grey_small
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,9 @@ def corner_to_centre(rgb: np.ndarray) -> float:
 def check_blank(rgb: np.ndarray, quality: QualityConfig, load_detector=None) -> dict:
     """Figures of the field; raises BlankRefused when it is not a usable blank. ``load_detector``
     (called only once the cheap checks pass) gives the detector for the leukocyte check, or None."""
-    g = grey_small(rgb)
-    brightness = float(g.mean())
-    hist = np.bincount(g.ravel(), minlength=256)
-    clipped = float(hist[:6].sum() + hist[250:].sum()) / max(1, g.size)
+    # exposure as the counting gate measures it (a blank has no edges, so its focus verdict is ignored)
+    q = QualityGate(quality).assess(rgb)
+    brightness, clipped = q.brightness, q.clipped
     if brightness < quality.min_brightness:
         raise BlankRefused(f"the field is too dark (mean grey {brightness:.0f}): open the iris or raise the lamp")
     if brightness > quality.max_brightness or clipped > quality.max_clipped:
