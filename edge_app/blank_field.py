@@ -15,7 +15,6 @@ source or path. Every new session then records the file's sha256 (``sessions.cal
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import numpy as np
 from edge_app import preprocess
 from edge_app.capture import CaptureError, open_source
 from edge_app.config import ConfigError, QualityConfig, load_config
+from edge_app.inference import ModelBundle, sha256_file
 from edge_app.quality import QualityGate, grey_small
 
 logger = logging.getLogger(__name__)
@@ -110,13 +110,11 @@ def write_blank(rgb: np.ndarray, out: Path) -> str:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return hashlib.sha256(out.read_bytes()).hexdigest()
+    return sha256_file(out)
 
 
 def _detector(cfg):
     """The shipped detector as the kiosk runs it, or None (with a warning) when the model cannot load."""
-    from edge_app.inference import ModelBundle
-
     try:
         return ModelBundle.from_config(cfg).detector
     except Exception as exc:  # a broken model must not stop a blank capture; the structure check remains

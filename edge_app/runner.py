@@ -14,17 +14,16 @@ Restart policy after a crash or power cut (a session still 'open'):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from edge_app import selftest
 from edge_app.capture import CaptureState, CaptureThread
 from edge_app.display import HudInfo, render_hud
+from edge_app.inference import sha256_file
 from edge_app.pipeline import Pipeline
 from edge_app.store import Store, utcnow
 from edge_app.store.writer import StoreWriter
@@ -59,7 +58,7 @@ def device_calibration(cfg, box_scale: float) -> dict:
     digest = None
     if flat:
         try:
-            digest = hashlib.sha256(Path(flat).read_bytes()).hexdigest()
+            digest = sha256_file(flat)
         except OSError:  # the pipeline has already refused an unreadable one; never block counting here
             digest = None
     return {"box_scale": float(box_scale), "flat_field": flat, "flat_field_sha256": digest}

@@ -16,7 +16,6 @@ No PyTorch: this needs ``ai-edge-quantizer`` and ``ai-edge-litert`` only.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
+from edge_app.inference import sha256_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def requantize(model_dir: Path, out: Path, net: str, weights: str) -> str:
     stain_norm = bool(entry.get("preprocess", {}).get("stain_norm", False))
     quantize_tflite(out / files["tflite_fp32"], out / files["tflite_int8"], calibration_inputs(net, stain_norm),
                     weights)
-    digest = hashlib.sha256((out / files["tflite_int8"]).read_bytes()).hexdigest()
+    digest = sha256_file(out / files["tflite_int8"])
     entry["sha256"][files["tflite_int8"]] = digest
     entry["int8_weights"] = weights
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
