@@ -3,6 +3,8 @@
     python -m scripts.export --classifier runs/cls/classifier.pt --detector runs/det/detector.pt
     python -m scripts.export --classifier runs/cls/classifier.pt --keep-detector   # classifier-only update
     python -m scripts.export --keep-classifier --detector runs/det/detector.pt     # detector-only update
+    python -m scripts.export --classifier models/classifier.onnx runs/cls_b/classifier.pt --keep-detector \
+        --out runs/cand        # two classifiers as one averaging graph, written beside models/, not over it
 
 For each network (``detector``, ``classifier``):
 
@@ -41,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
+from scripts import onnx_weights  # noqa: E402
 from scripts.quantize import CALIB, calibration_inputs, quantize_tflite  # noqa: E402
-from scripts.wbcnet import Classifier, Deployable, Detector  # noqa: E402
+from scripts.wbcnet import Classifier, Deployable, Detector, Ensemble  # noqa: E402
 
 logger = logging.getLogger("export")
 MODELS = ROOT / "models"
@@ -61,6 +64,42 @@ def load_net(kind: str, ckpt: str) -> Deployable:
         net = Detector(width=state["width"], stride=int(state.get("stride", 16)))
     net.load_state_dict(state["state_dict"])
     return Deployable(net).eval()
+
+
+def classifier_member(path: str) -> tuple[Deployable, dict]:
+    """One classifier: a training checkpoint (``.pt``), or a shipped ``classifier.onnx`` read back
+    (``scripts.onnx_weights``) from a model folder whose ``manifest.json`` names it by its sha256."""
+    p = Path(path)
+    if p.suffix != ".onnx":
+        state = torch.load(p, map_location="cpu", weights_only=False)
+        return load_net("classifier", path), {"from": str(p), "width": state["width"], "epoch": state["epoch"],
+                                               "val": state["val"], "stain_norm": bool(state.get("stain_norm"))}
+    mpath = p.parent / "manifest.json"
+    if not mpath.is_file():
+        sys.exit(f"--classifier {path}: an ONNX member needs the manifest.json of its model folder beside it")
+    manifest = json.loads(mpath.read_text())
+    entry = manifest["models"]["classifier"]
+    if entry["files"]["onnx"] != p.name or entry["sha256"].get(p.name) != sha256(p):
+        sys.exit(f"--classifier {path}: not the classifier ONNX that {mpath} names (name or sha256 differ)")
+    if "ensemble" in entry:
+        sys.exit(f"--classifier {path}: already an ensemble; name its members instead")
+    info = {"from": f"{p.name} of {manifest['name']} {manifest['version']}", "sha256": sha256(p),
+            "width": entry["width_multiplier"], "epoch": entry["checkpoint_epoch"], "val": entry["val"],
+            "stain_norm": bool(entry.get("preprocess", {}).get("stain_norm", False))}
+    return onnx_weights.classifier_from_onnx(p, info["width"]), info
+
+
+def load_classifier(paths: list[str]) -> tuple[torch.nn.Module, dict]:
+    """The classifier to export and its manifest facts: one member as itself, several as an ``Ensemble``."""
+    members = [classifier_member(p) for p in paths]
+    infos = [info for _, info in members]
+    if len({i["stain_norm"] for i in infos}) > 1 or len({i["width"] for i in infos}) > 1:
+        sys.exit("--classifier: ensemble members must share their width and preprocessing (stain_norm)")
+    if len(members) == 1:
+        return members[0][0], infos[0]
+    facts = {"width": infos[0]["width"], "stain_norm": infos[0]["stain_norm"],
+             "ensemble": [{k: v for k, v in i.items() if k not in ("width", "stain_norm")} for i in infos]}
+    return Ensemble([m for m, _ in members]).eval(), facts
 
 
 def input_shape(kind: str) -> tuple[int, ...]:
@@ -133,12 +172,12 @@ def output_shapes(model: Deployable, kind: str) -> list[list[int]]:
     return [list(o.shape) for o in outs]
 
 
-def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
+def write_parity(models: dict[str, Deployable], stain_norm: bool, out: Path) -> dict:
     """A few real calibration images + PyTorch outputs, for the parity test.
 
     Networks not in ``models`` (kept with ``--keep-detector`` / ``--keep-classifier``) keep
     their parity images and outputs: their weights did not change."""
-    pdir = MODELS / "parity"
+    pdir = out / "parity"
     old = json.loads((pdir / "index.json").read_text()) if (pdir / "index.json").is_file() else {}
     kept = {k: v for k, v in old.items() if k not in models}
     keep_files = {f for v in kept.values() for f in v} | {f"{k}_torch.npz" for k in kept}
@@ -170,18 +209,32 @@ def write_parity(models: dict[str, Deployable], stain_norm: bool) -> dict:
     return index
 
 
-def kept_entry(kind: str) -> dict:
+def seed_folder(out: Path) -> None:
+    """Start a candidate folder from the shipped networks (manifest, model files, parity), so a
+    network kept with ``--keep-*`` is the shipped one; the exported network's files are then replaced."""
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(MODELS / "manifest.json", out / "manifest.json")
+    for entry in manifest["models"].values():
+        for name in entry["files"].values():
+            shutil.copy(MODELS / name, out / name)
+    if (out / "parity").exists():
+        shutil.rmtree(out / "parity")
+    shutil.copytree(MODELS / "parity", out / "parity")
+
+
+def kept_entry(kind: str, out: Path) -> dict:
     """The shipped ``kind``'s manifest entry, after checking its files are the ones it names."""
-    path = MODELS / "manifest.json"
+    path = out / "manifest.json"
     flag = f"--keep-{kind}"
     if not path.is_file():
         sys.exit(f"{flag}: {path} is missing; export a {kind} checkpoint with --{kind}")
     entry = json.loads(path.read_text())["models"][kind]
     for name, digest in entry["sha256"].items():
-        if not (MODELS / name).is_file() or sha256(MODELS / name) != digest:
+        if not (out / name).is_file() or sha256(out / name) != digest:
             sys.exit(f"{flag}: models/{name} is missing or differs from models/manifest.json; "
                      f"restore it (git checkout -- models/) or export a {kind} checkpoint with --{kind}")
-    if not (MODELS / "parity" / f"{kind}_torch.npz").is_file():
+    if not (out / "parity" / f"{kind}_torch.npz").is_file():
         sys.exit(f"{flag}: models/parity/{kind}_torch.npz is missing; restore models/parity/")
     return entry
 
@@ -189,7 +242,9 @@ def kept_entry(kind: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cls = ap.add_mutually_exclusive_group(required=True)
-    cls.add_argument("--classifier", help="classifier checkpoint to export")
+    cls.add_argument("--classifier", nargs="+", metavar="CKPT",
+                     help="classifier checkpoint to export; several (a .pt, or a shipped classifier.onnx beside its "
+                          "manifest.json) export one graph averaging their outputs (scripts.wbcnet.Ensemble)")
     cls.add_argument("--keep-classifier", action="store_true",
                      help="ship the classifier already in models/ unchanged (a detector-only update)")
     det = ap.add_mutually_exclusive_group(required=True)
@@ -197,6 +252,9 @@ def main(argv=None) -> int:
     det.add_argument("--keep-detector", action="store_true",
                      help="ship the detector already in models/ unchanged (a classifier-only update)")
     ap.add_argument("--version", default=None)
+    ap.add_argument("--out", default=str(MODELS),
+                    help="model folder to write (default models/); another folder starts as a copy of models/'s "
+                         "networks, so a candidate can be scored with scripts.select_model without touching models/")
     ap.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
                     help="classifier test-time views recorded in the manifest (chosen on the val splits: "
                          "see the TTA table of models/EVALUATION.md); default 8, a kept classifier keeps its own")
@@ -209,37 +267,46 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
-    MODELS.mkdir(exist_ok=True)
+    out = Path(args.out)
+    if out.resolve() != MODELS.resolve():
+        seed_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.keep_classifier and args.keep_detector:
         ap.error("--keep-classifier with --keep-detector exports nothing")
-    ckpts = {k: v for k, v in (("classifier", args.classifier), ("detector", args.detector)) if v}
-    kept = {k: kept_entry(k) for k in ("classifier", "detector") if getattr(args, f"keep_{k}")}
-    models = {k: load_net(k, v) for k, v in ckpts.items()}
+    kept = {k: kept_entry(k, out) for k in ("classifier", "detector") if getattr(args, f"keep_{k}")}
+    models, facts = {}, {}
     if args.classifier:
-        stain_norm = bool(torch.load(args.classifier, map_location="cpu", weights_only=False).get("stain_norm", False))
+        models["classifier"], facts["classifier"] = load_classifier(args.classifier)
+        stain_norm = facts["classifier"]["stain_norm"]
     else:  # the kept classifier's preprocessing; the detector's calibration does not depend on it
         stain_norm = bool(kept["classifier"].get("preprocess", {}).get("stain_norm", False))
+    if args.detector:
+        state = torch.load(args.detector, map_location="cpu", weights_only=False)
+        models["detector"] = load_net("detector", args.detector)
+        facts["detector"] = {"width": state["width"], "epoch": state["epoch"], "val": state["val"]}
     entries = {}
     for kind, model in models.items():
         calib = calibration_inputs(kind, stain_norm)
         logger.info("%s: %d calibration inputs", kind, len(calib))
         files = {"onnx": f"{kind}.onnx", "onnx_qdq": f"{kind}_qdq.onnx", "tflite_fp32": f"{kind}_fp32.tflite",
                  "tflite_int8": f"{kind}_int8.tflite"}
-        export_onnx(model, kind, MODELS / files["onnx"])
-        export_qdq(MODELS / files["onnx"], kind, MODELS / files["onnx_qdq"], calib)
-        export_tflite(model, kind, MODELS / files["tflite_fp32"], MODELS / files["tflite_int8"], calib)
-        state = torch.load(ckpts[kind], map_location="cpu", weights_only=False)
+        export_onnx(model, kind, out / files["onnx"])
+        export_qdq(out / files["onnx"], kind, out / files["onnx_qdq"], calib)
+        export_tflite(model, kind, out / files["tflite_fp32"], out / files["tflite_int8"], calib)
+        fact = facts[kind]
         inputs, outputs = NAMES[kind]
         entries[kind] = {
             "input": {"name": inputs[0], "shape": list(input_shape(kind)), "dtype": "float32", "layout": "NHWC",
                       "range": "RGB 0..255 after edge_app.preprocess (background-referenced)"},
             "outputs": [{"name": n, "shape": s} for n, s in zip(outputs, output_shapes(model, kind))],
             "files": files,
-            "sha256": {f: sha256(MODELS / f) for f in files.values()},
-            "width_multiplier": state["width"],
-            "checkpoint_epoch": state["epoch"],
-            "val": state["val"],
+            "sha256": {f: sha256(out / f) for f in files.values()},
+            "width_multiplier": fact["width"],
         }
+        if "ensemble" in fact:
+            entries[kind]["ensemble"] = fact["ensemble"]
+        else:
+            entries[kind].update(checkpoint_epoch=fact["epoch"], val=fact["val"])
     entries.update(kept)
     entries = {k: entries[k] for k in ("classifier", "detector")}  # the manifest's usual order
     det_entry = entries["detector"]
@@ -259,7 +326,7 @@ def main(argv=None) -> int:
                                    "stain_od_percentile": preprocess.STAIN_OD_PERCENTILE}
     if args.tta_views is not None or "classifier" in models:
         cls_entry["tta_views"] = args.tta_views or 8
-    parity = write_parity(models, stain_norm)
+    parity = write_parity(models, stain_norm, out)
     version = args.version or dt.date.today().strftime("%Y.%m.%d")
     (w, h), c = preprocess.DETECTOR_SIZE, preprocess.CLASSIFIER_SIZE[0]
     manifest = {
@@ -279,8 +346,8 @@ def main(argv=None) -> int:
         "parity": parity,
         "models": entries,
     }
-    (MODELS / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for f in sorted(MODELS.glob("*")):
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    for f in sorted(out.glob("*")):
         if f.is_file():
             logger.info("%-28s %8.1f kB", f.name, f.stat().st_size / 1024)
     return 0

@@ -208,3 +208,23 @@ class Deployable(nn.Module):
             return torch.softmax(logits, dim=1), sa.permute(0, 2, 3, 1)
         heat, ltrb = self.net(x)
         return torch.sigmoid(heat).permute(0, 2, 3, 1), ltrb.permute(0, 2, 3, 1)
+
+
+class Ensemble(nn.Module):
+    """Several exported classifiers as one graph with the classifier's inputs and outputs.
+
+    The probabilities and the attention maps are the means over the members
+    (``Deployable`` classifiers), so the runtime, the TensorRT engine and the
+    INT8 calibration treat it as one classifier; each member runs once per call.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        outs = [m(x) for m in self.members]
+        n = float(len(outs))
+        return sum(o[0] for o in outs) / n, sum(o[1] for o in outs) / n
