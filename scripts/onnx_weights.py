@@ -1,6 +1,6 @@
 """Read a shipped classifier's weights back from its ONNX file into the export wrapper.
 
-    python -m scripts.onnx_weights models/classifier.onnx     # check: max |torch - ONNX Runtime| on the parity crops
+    python -m scripts.onnx_weights models/classifier.onnx --members 2   # max |torch - ONNX Runtime|, parity crops
 
 Why: a shipped network whose PyTorch checkpoint is gone (1.6.0's classifier,
 trained in session 12, whose ``runs/`` did not survive) can still be exported
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
-from scripts.wbcnet import Classifier, Deployable  # noqa: E402
+from scripts.wbcnet import Classifier, Deployable, Ensemble  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # probabilities; float32 re-association of the folded BatchNorm is about 1e-6
@@ -51,10 +51,12 @@ def _onnx_weights(path: Path) -> tuple[dict[str, np.ndarray], list[tuple[np.ndar
     return named, folded
 
 
-def classifier_from_onnx(path: Path, width: float) -> Deployable:
-    """The export wrapper of a ``Classifier(width)`` carrying the weights of the ONNX file at ``path``."""
+def classifier_from_onnx(path: Path, width: float, members: int = 1) -> torch.nn.Module:
+    """The export wrapper of a ``Classifier(width)`` carrying the weights of the ONNX file at ``path``
+    (an ``Ensemble`` of ``members`` such wrappers when the file is one)."""
     named, folded = _onnx_weights(path)
-    dep = Deployable(Classifier(width=width)).eval()
+    nets = [Deployable(Classifier(width=width)) for _ in range(members)]
+    dep = (nets[0] if members == 1 else Ensemble(nets)).eval()
     state = dep.state_dict()
     missing = sorted(set(named) - set(state))
     if missing:
@@ -88,12 +90,12 @@ def classifier_from_onnx(path: Path, width: float) -> Deployable:
     return dep
 
 
-def check(path: Path, width: float) -> float:
+def check(path: Path, width: float, members: int = 1) -> float:
     """Max |read-back PyTorch - ONNX Runtime| over the classifier parity crops of ``models/parity``,
     and against the original PyTorch outputs stored there when ``path`` is the shipped ONNX."""
     import onnxruntime as ort
 
-    dep = classifier_from_onnx(path, width)
+    dep = classifier_from_onnx(path, width, members)
     pdir = ROOT / "models" / "parity"
     files = json.loads((pdir / "index.json").read_text())["classifier"]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -115,9 +117,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("onnx", type=Path)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--members", type=int, default=1, help="networks averaged in the file (scripts.wbcnet.Ensemble)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    worst = check(args.onnx, args.width)
+    worst = check(args.onnx, args.width, args.members)
     print(json.dumps({"onnx": str(args.onnx), "max_abs_diff": worst, "tolerance": TOLERANCE}))
     return 0 if worst <= TOLERANCE else 1
 

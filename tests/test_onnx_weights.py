@@ -50,7 +50,22 @@ def _run(model, x):
 
 def test_shipped_classifier_reads_back_to_its_onnx_and_pytorch_outputs():
     # against ONNX Runtime on the shipped file and the original PyTorch outputs in models/parity
-    assert onnx_weights.check(MODELS / "classifier.onnx", 0.5) <= onnx_weights.TOLERANCE
+    entry = json.loads((MODELS / "manifest.json").read_text())["models"]["classifier"]
+    members = len(entry.get("ensemble", [None]))
+    width = entry["width_multiplier"]
+    assert onnx_weights.check(MODELS / "classifier.onnx", width, members) <= onnx_weights.TOLERANCE
+    with pytest.raises(ValueError):  # the wrong number of members does not fit
+        onnx_weights.classifier_from_onnx(MODELS / "classifier.onnx", width, members + 1)
+
+
+def test_an_exported_ensemble_round_trips(tmp_path):
+    model = wbcnet.Ensemble([_random_classifier(4), _random_classifier(5)]).eval()
+    path = tmp_path / "classifier.onnx"
+    export.export_onnx(model, "classifier", path)
+    back = onnx_weights.classifier_from_onnx(path, 0.5, members=2)
+    for x in _crops(2):
+        for ours, ref in zip(_run(back, x), _run(model, x)):
+            assert np.abs(ours - ref).max() < 1e-4
 
 
 def test_any_exported_classifier_round_trips(tmp_path):
@@ -85,16 +100,29 @@ def test_ensemble_outputs_are_the_members_mean():
 def test_export_takes_an_onnx_member_only_as_its_manifest_names_it(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
-    shutil.copy(MODELS / "manifest.json", folder / "manifest.json")
-    shutil.copy(MODELS / "classifier.onnx", folder / "classifier.onnx")
-    model, info = export.classifier_member(str(folder / "classifier.onnx"))
-    assert info["sha256"] == json.loads((MODELS / "manifest.json").read_text())["models"]["classifier"]["sha256"][
-        "classifier.onnx"]
+    onnx_path = folder / "classifier.onnx"
+    export.export_onnx(_random_classifier(6), "classifier", onnx_path)
+    entry = {"files": {"onnx": "classifier.onnx"}, "sha256": {"classifier.onnx": export.sha256(onnx_path)},
+             "width_multiplier": 0.5, "checkpoint_epoch": 7, "val": {"pbc": 0.5}}
+    manifest = {"name": "wbc-mbv2-cbam", "version": "t", "models": {"classifier": entry}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    model, info = export.classifier_member(str(onnx_path))
+    assert info["sha256"] == entry["sha256"]["classifier.onnx"] and info["epoch"] == 7
     assert info["width"] == 0.5 and info["stain_norm"] is False
-    with open(folder / "classifier.onnx", "ab") as f:  # one byte more: no longer the file the manifest names
+    with open(onnx_path, "ab") as f:  # one byte more: no longer the file the manifest names
         f.write(b"\0")
     with pytest.raises(SystemExit, match="sha256"):
-        export.classifier_member(str(folder / "classifier.onnx"))
+        export.classifier_member(str(onnx_path))
     (folder / "manifest.json").unlink()
     with pytest.raises(SystemExit, match="manifest.json"):
-        export.classifier_member(str(folder / "classifier.onnx"))
+        export.classifier_member(str(onnx_path))
+
+
+def test_export_refuses_an_ensemble_as_a_member(tmp_path):
+    entry = json.loads((MODELS / "manifest.json").read_text())["models"]["classifier"]
+    if "ensemble" not in entry:
+        pytest.skip("the shipped classifier is one network")
+    for name in ("manifest.json", "classifier.onnx"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    with pytest.raises(SystemExit, match="already an ensemble"):
+        export.classifier_member(str(tmp_path / "classifier.onnx"))
