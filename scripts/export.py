@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_app import preprocess  # noqa: E402
+from edge_app.inference import sha256_file as sha256  # noqa: E402  (the runtime's own manifest check)
 from edge_app.labels import CLASSES  # noqa: E402
 from scripts import onnx_weights  # noqa: E402
 from scripts.quantize import CALIB, calibration_inputs, quantize_tflite  # noqa: E402
@@ -160,10 +160,6 @@ def export_tflite(model: Deployable, kind: str, fp32: Path, int8: Path, calib: l
     edge = litert_torch.convert(model, (x,))
     edge.export(str(fp32))
     quantize_tflite(fp32, int8, calib)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def output_shapes(model: Deployable, kind: str) -> list[list[int]]:
