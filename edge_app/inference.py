@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import preprocess
+from edge_app import boxrefine, preprocess
 from edge_app.backends import Backend, BackendError, resolve_backend_name
 from edge_app.labels import CLASSES
 
@@ -176,10 +176,13 @@ class Detector:
     tally, the crop the classifier sees, the display) uses it. A camera whose
     cells the network boxes too large gets a factor below 1, fitted on that
     camera's training frames (``scripts.box_fit``).
+
+    ``refine`` (off unless a device's calibration turns it on) then tightens
+    each box to the stained cell it contains (``edge_app.boxrefine``).
     """
 
     def __init__(self, backend: Backend, stride: int, threshold: float = 0.35, nms_iou: float = 0.4,
-                 flip: bool = False, vote: bool = True, box_scale: float = 1.0):
+                 flip: bool = False, vote: bool = True, box_scale: float = 1.0, refine: bool = False):
         self.backend = backend
         self.stride = stride
         self.threshold = threshold
@@ -187,16 +190,17 @@ class Detector:
         self.flip = flip
         self.vote = vote
         self.box_scale = box_scale
+        self.refine = refine
 
     @classmethod
     def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
-                     flip: bool | None = None, box_scale: float = 1.0) -> "Detector":
+                     flip: bool | None = None, box_scale: float = 1.0, refine: bool = False) -> "Detector":
         """The detector as its manifest says it was validated (stride, mirrored second pass, box vote;
         manifests before ``box_vote`` was recorded all voted)."""
         entry = manifest.entry("detector")
         flip = bool(entry.get("tta_flip", False)) if flip is None else flip
         return cls(backend, int(entry["stride"]), threshold, flip=flip, vote=bool(entry.get("box_vote", True)),
-                   box_scale=box_scale)
+                   box_scale=box_scale, refine=refine)
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network input -> (H, W) heatmap and (H, W, 4) ltrb, mirror-averaged when ``flip``."""
@@ -222,6 +226,8 @@ class Detector:
         h, w = frame_rgb.shape[:2]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+        if self.refine:
+            boxes = boxrefine.refine_boxes(frame_rgb, boxes, background=background)
         return [Detection(b, float(s)) for b, s in zip(boxes, scores)]
 
 
@@ -347,13 +353,15 @@ class ModelBundle:
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
                  threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
-                 tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0):
+                 tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0,
+                 box_refine: bool = False):
         self.manifest = Manifest.load(model_dir)
         self.backend_name = resolve_backend_name(backend)
         self.precision = precision
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
-        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip, box_scale)
+        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip, box_scale,
+                                              box_refine)
         self.classifier = Classifier.for_manifest(cls_backend, self.manifest, tta_views)
 
     @classmethod
@@ -362,7 +370,8 @@ class ModelBundle:
         return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
                    threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
                    engine_dir=cfg.inference.engine_dir, tta_views=cfg.model.tta_views,
-                   detector_flip=cfg.model.detector_flip, box_scale=cfg.model.box_scale)
+                   detector_flip=cfg.model.detector_flip, box_scale=cfg.model.box_scale,
+                   box_refine=cfg.model.box_refine)
 
     @property
     def version(self) -> str:

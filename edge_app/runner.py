@@ -51,9 +51,9 @@ class SessionInfo:
     meta: dict
 
 
-def device_calibration(cfg, box_scale: float) -> dict:
+def device_calibration(cfg, box_scale: float, box_refine: bool = False) -> dict:
     """The per-device settings that shape what the network sees and the boxes it gives, as stored with
-    each new session: the box scale in force and the blank-field capture (path and sha256)."""
+    each new session: the box scale and refinement in force and the blank-field capture (path and sha256)."""
     flat = cfg.capture.flat_field
     digest = None
     if flat:
@@ -61,7 +61,8 @@ def device_calibration(cfg, box_scale: float) -> dict:
             digest = sha256_file(flat)
         except OSError:  # the pipeline has already refused an unreadable one; never block counting here
             digest = None
-    return {"box_scale": float(box_scale), "flat_field": flat, "flat_field_sha256": digest}
+    return {"box_scale": float(box_scale), "box_refine": bool(box_refine), "flat_field": flat,
+            "flat_field_sha256": digest}
 
 
 def open_or_resume(store: Store, cfg, *, live: bool, sample_id: str | None, backend: str, model_version: str,
@@ -121,7 +122,8 @@ class LiveRun:
         self.info = open_or_resume(store, cfg, live=source.live, sample_id=sample_id, backend=bundle.backend_name,
                                    model_version=bundle.version, target=self.target,
                                    wbc_count=wbc_count if wbc_count is not None else cfg.tally.wbc_count,
-                                   calibration=device_calibration(cfg, bundle.detector.box_scale))
+                                   calibration=device_calibration(cfg, bundle.detector.box_scale,
+                                                                      bundle.detector.refine))
         self.capture = CaptureThread(source, max_backoff_s=cfg.capture.reopen_max_backoff_s, max_frames=max_frames,
                                      wait_for_source=cfg.capture.wait_for_camera)
         self.writer = StoreWriter(store, cfg.store.crop_size, cfg.store.jpeg_quality)

@@ -152,6 +152,10 @@ class NoisyDetector:
     def box_scale(self) -> float:  # part of the Detector surface the runner records per session
         return self.inner.box_scale
 
+    @property
+    def refine(self) -> bool:
+        return self.inner.refine
+
     def __call__(self, frame_rgb, background=None):
         from edge_app.inference import Detection
 

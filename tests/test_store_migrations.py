@@ -52,8 +52,9 @@ def test_a_run_records_the_box_scale_and_flat_field_it_counted_with(tmp_path):
     pan = build_synthetic_pan(tmp_path)
     bundle = FakeBundle()
     bundle.detector.box_scale = 0.9
+    bundle.detector.refine = True
     res = LiveRun(cfg=load_config(None), bundle=bundle, source=open_source(str(pan["video"])),
                   store=Store(tmp_path / "d"), target=1000).run()
     with Store(tmp_path / "d") as s:
         cal = json.loads(s.session(res.session_id)["calibration"])
-    assert cal == {"box_scale": 0.9, "flat_field": None, "flat_field_sha256": None}
+    assert cal == {"box_scale": 0.9, "box_refine": True, "flat_field": None, "flat_field_sha256": None}
