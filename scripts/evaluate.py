@@ -345,7 +345,8 @@ def eval_detectors(runners, sets, threshold: float) -> dict:
                 tot += len(gt)
                 nfp += int((ious.max(1) < 0.5).sum()) if ious.size else int(keep.sum())
             ap = average_precision(dets, gts)
-            ap.update(recall50=hit / max(tot, 1), false_positives=nfp, frames=len(items), threshold=threshold)
+            ap.update(ap75=average_precision(dets, gts, 0.75)["ap50"], recall50=hit / max(tot, 1),
+                      false_positives=nfp, frames=len(items), threshold=threshold)
             res.setdefault(src, {})[name] = ap
             logger.info("detector %s on %s test: AP50 %.4f recall %.4f", name, src, ap["ap50"], ap["recall50"])
     return res
@@ -376,6 +377,43 @@ def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
     for name in ("tflite_fp32", "tflite_int8"):
         res[name] = end_to_end(det_runners[name], clf_runners[name], items, threshold)
         logger.info("end-to-end chula %s: %d/%d", name, res[name]["detected_and_typed"], res[name]["cells"])
+    return res
+
+
+# Per-camera device calibrations validated with the shipped model (models/training/plan_chula_calibration.md):
+# what a device with that camera sets in its [model] table. The shipped defaults stay 1.0 / off.
+CAMERA_CALIBRATIONS = {"chula": {"box_scale": 0.89, "box_refine": True}}
+
+
+@contextmanager
+def calibrated(det: Detector, calibration: dict):
+    """``det`` as a device with this ``[model]`` calibration sees its camera, restored after."""
+    as_found = det.box_scale, det.refine
+    det.box_scale, det.refine = calibration.get("box_scale", 1.0), calibration.get("box_refine", False)
+    try:
+        yield det
+    finally:
+        det.box_scale, det.refine = as_found
+
+
+def eval_camera_calibration(det_runners, clf_runners, threshold: float) -> dict:
+    """Test frames of each calibrated camera, scored as a device with its calibration: detector AP per
+    runtime and, for a camera with subtype labels, end to end (FP32 and INT8)."""
+    sets = detector_test_sets()
+    res = {}
+    for cam, cal in CAMERA_CALIBRATIONS.items():
+        row: dict = {"calibration": cal, "detector": {}, "end_to_end": {}}
+        for name, det in det_runners.items():
+            with calibrated(det, cal):
+                row["detector"][name] = eval_detectors({name: det}, {cam: sets[cam]}, threshold)[cam][name]
+        if cam in ("chula", "bccd"):
+            items = e2e_items(cam, "test")
+            for name in ("tflite_fp32", "tflite_int8"):
+                with calibrated(det_runners[name], cal):
+                    row["end_to_end"][name] = end_to_end(det_runners[name], clf_runners[name], items, threshold)
+        logger.info("%s test with calibration %s: %s", cam, cal,
+                    {k: round(v["ap50"], 4) for k, v in row["detector"].items()})
+        res[cam] = row
     return res
 
 
@@ -474,7 +512,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-studies", action="store_true",
                     help="re-score the shipped model but keep the LOSO and lever rows of evaluation.json "
                          "(their checkpoints are training runs, not shipped, and do not depend on it)")
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="re-score only the camera-calibration rows (CAMERA_CALIBRATIONS) into evaluation.json")
     args = ap.parse_args(argv)
+    if args.calibration_only and (args.skip_main or args.loso or args.levers or args.add_loso or args.keep_studies):
+        ap.error("--calibration-only adds the calibration rows to an existing report: use it alone")
     if args.add_loso and not args.skip_main:
         ap.error("--add-loso adds to an existing report: use it with --skip-main")
     if args.keep_studies and (args.skip_main or args.loso or args.levers):
@@ -488,6 +530,17 @@ def main(argv=None) -> int:
     earlier_r = json.loads(jpath.read_text()) if jpath.is_file() else {}
     if args.keep_studies and not earlier_r.get("loso"):
         ap.error(f"--keep-studies: {jpath} holds no LOSO rows to keep")
+    if args.calibration_only:
+        if earlier_r.get("version") != manifest.version:
+            ap.error(f"--calibration-only: {jpath} is not a report of model {manifest.version}")
+        r = earlier_r
+        r["camera_calibration"] = eval_camera_calibration(detector_runners(manifest), classifier_runners(manifest),
+                                                          r["detect_threshold"])
+        r["command_calibration"] = "python -m scripts.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        jpath.write_text(json.dumps(r, indent=1))
+        write_report(r, out)
+        logger.info("wrote %s", out / "EVALUATION.md")
+        return 0
     if args.skip_main and earlier_r:
         r = earlier_r
     else:
@@ -501,6 +554,7 @@ def main(argv=None) -> int:
         r["detector"] = eval_detectors(det, detector_test_sets(), threshold)
         r["end_to_end"] = eval_end_to_end(det, clf, e2e_items("chula", "test"), threshold)
         r["end_to_end_val"] = eval_end_to_end_val(det["tflite_int8"], clf["tflite_int8"], threshold)
+        r["camera_calibration"] = eval_camera_calibration(det, clf, threshold)
         r["kiosk_framing"] = eval_kiosk_framing(manifest, clf["tflite_int8"], "test")
         r["kiosk_framing_val"] = eval_kiosk_framing(manifest, clf["tflite_int8"], "val")
         r["tta_val"] = eval_tta_val(manifest)
