@@ -25,7 +25,9 @@ training data (no dataset cache is read):
 own pixels (image paths relative to the CSV's folder, or to ``--images DIR``;
 a ``cell`` column, if present, keeps only ``WBC`` rows, the layout of the
 shared datasets' ``boxes.csv``). The row it prints (key ``site``) carries the same figures and the
-``suggested_box_scale`` for that device's ``[model] box_scale``.
+``suggested_box_scale`` for that device's ``[model] box_scale``, and ``at_suggested_scale``: AP50 / AP75
+at that scale with the boxes as regressed (``raw``) and refined (``refined``, ``[model] box_refine =
+true``), so the site sees whether refinement helps its camera.
 """
 
 from __future__ import annotations
@@ -149,20 +151,26 @@ def site_fit(model_dir: Path, labels: Path, images: Path | None = None, scale: f
     # the product's own INT8 TFLite path, so a site needs nothing beyond the runtime install
     det = Detector.for_manifest(create_backend(manifest, "detector", "tflite", "int8"), manifest, AP_THRESHOLD,
                                 box_scale=scale)
-    dets, gts = [], []
+    frames, gts = [], []
     for image, gt in read_labels(labels, images).items():
         try:
-            frame = preprocess.read_rgb(str(image))
+            frames.append(preprocess.read_rgb(str(image)))
         except (OSError, ValueError) as exc:
             raise ValueError(f"{labels}: cannot read {image}: {exc}") from None
-        dets.append(evaluate.detect_arrays(det, frame))
         gts.append(gt)
+    dets = [evaluate.detect_arrays(det, f) for f in frames]
     r = side_ratios(dets, gts)
     row = dict(eval_metrics.ap50_ap75(dets, gts), frames=len(gts), cells=int(sum(map(len, gts))),
                matched=int(len(r)), box_scale=scale)
     if len(r):
         row["side_ratio_quartiles"] = [float(q) for q in np.percentile(r, [25, 50, 75])]
         row["suggested_box_scale"] = round(scale * suggested_scale(r), 2)
+        row["at_suggested_scale"] = {}
+        for name, refine in (("raw", False), ("refined", True)):
+            det.box_scale, det.refine = row["suggested_box_scale"], refine
+            row["at_suggested_scale"][name] = eval_metrics.ap50_ap75([evaluate.detect_arrays(det, f)
+                                                                      for f in frames], gts)
+        det.box_scale, det.refine = scale, False
     return {"version": manifest.version, "site": row}
 
 

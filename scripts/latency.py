@@ -5,7 +5,10 @@
 Times ``Backend.infer`` alone (quantise, invoke, dequantise) of each network
 and precision through the product's TFLite backend, after warm-up, on a real
 calibration image, and prints one JSON object. Run it on a quiet machine:
-other load on the cores shows up directly in the figures.
+other load on the cores shows up directly in the figures. ``box_refine`` is
+the per-box cost of ``[model] box_refine`` (``edge_app.boxrefine``) on the
+INT8 detector's boxes of the first calibration frame of each camera (it grows
+with the box's area).
 """
 
 from __future__ import annotations
@@ -22,9 +25,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_app import preprocess  # noqa: E402
+from edge_app import boxrefine, preprocess  # noqa: E402
 from edge_app.backends.tflite import TFLiteBackend  # noqa: E402
-from edge_app.inference import Manifest  # noqa: E402
+from edge_app.inference import Detector, Manifest  # noqa: E402
+
+
+def timed(fn, runs: int, warmup: int = 20) -> dict:
+    """Median and p95 milliseconds of ``fn()`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1000)
+    return {"median": round(float(np.median(t)), 3), "p95": round(float(np.percentile(t, 95)), 3)}
 
 
 def main(argv=None) -> int:
@@ -45,15 +60,22 @@ def main(argv=None) -> int:
     for net, x in inputs.items():
         for precision in ("int8", "fp32"):
             b = TFLiteBackend(m.file(net, f"tflite_{precision}"), m.output_shapes(net), threads=args.threads)
-            for _ in range(20):
-                b.infer(x)
-            t = []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                b.infer(x)
-                t.append((time.perf_counter() - t0) * 1000)
-            out["ms"][f"{net}_{precision}"] = {"median": round(float(np.median(t)), 3),
-                                               "p95": round(float(np.percentile(t, 95)), 3)}
+            out["ms"][f"{net}_{precision}"] = timed(lambda b=b, x=x: b.infer(x), args.runs)
+    det = Detector.for_manifest(TFLiteBackend(m.file("detector", "tflite_int8"), m.output_shapes("detector"),
+                                              threads=args.threads), m)
+    out["box_refine"] = {}
+    for camera in ("bccd", "chula"):  # the calibration set's two frame cameras: cells of very different sizes
+        entry = next(f for f in calib["frames"] if Path(f["file"]).name.startswith(camera))
+        image = preprocess.read_rgb(str(ROOT / "calibration" / entry["file"]))
+        boxes = np.array([d.box for d in det(image)], np.float32).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        bg = preprocess.estimate_background(image)
+        per_call = timed(lambda i=image, b=boxes, g=bg: boxrefine.refine_boxes(i, b, background=g), args.runs)
+        out["box_refine"][camera] = {"ms_per_box": {k: round(v / len(boxes), 3) for k, v in per_call.items()},
+                                     "frame": list(image.shape[:2]), "boxes": int(len(boxes)),
+                                     "median_box_side": round(float(np.median(np.maximum(
+                                         boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]))), 1)}
     print(json.dumps(out))
     return 0
 

@@ -62,6 +62,9 @@ def test_site_fit_suggests_a_scale_from_labelled_frames(tmp_path, capsys):
     q1, median, q3 = row["side_ratio_quartiles"]
     assert q1 <= median <= q3
     assert row["suggested_box_scale"] == pytest.approx(1 / median, abs=0.006)
+    # the site also sees its frames at that scale, as regressed and refined ([model] box_refine)
+    at = row["at_suggested_scale"]
+    assert set(at) == {"raw", "refined"} and all(0.0 <= at[k]["ap50"] <= 1.0 for k in at)
 
 
 @pytest.mark.parametrize("text, message", [("image,x1,y1\na.jpg,1,2\n", "missing column"),
