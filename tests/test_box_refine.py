@@ -9,9 +9,6 @@ never grow.
 from __future__ import annotations
 
 import csv
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from edge_app import boxrefine, preprocess
 from edge_app.config import ConfigError, load_config
 from edge_app.inference import ModelBundle, scale_boxes
 from scripts.eval_metrics import iou_matrix
+from tests.detect_cli import detect_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
 CHULA = ROOT.parent / "shared" / "datasets" / "chula"
@@ -96,16 +94,9 @@ def test_the_detector_refines_only_when_switched_on(tmp_path):
 @needs_chula
 def test_detect_verb_reports_refined_boxes_when_the_device_is_calibrated(tmp_path):
     image = CHULA / "images" / "L-8_0044.jpg"  # a small L-8 cell the detector boxes loose
-
-    def boxes(*extra):
-        r = subprocess.run([sys.executable, "-m", "edge_app", "detect", "--json", str(image),
-                            "--data-dir", str(tmp_path), *extra], capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
-        return np.array([c["box"] for c in json.loads(r.stdout)["cells"]], np.float32).reshape(-1, 4)
-
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nbox_refine = true\n")
-    plain, refined = boxes(), boxes("--config", str(cfg))
+    plain, refined = detect_boxes(image, tmp_path), detect_boxes(image, tmp_path, "--config", str(cfg))
     assert len(plain) == len(refined) == 1
     assert (refined[:, :2] >= plain[:, :2] - 0.01).all() and (refined[:, 2:] <= plain[:, 2:] + 0.01).all()
     assert np.abs(refined - plain).max() > 2.0  # measured: one side moves 6 px

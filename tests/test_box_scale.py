@@ -8,9 +8,6 @@ detector, through the real console script, and against the config's limits.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from edge_app import preprocess
 from edge_app.config import ConfigError, load_config
 from edge_app.inference import ModelBundle, scale_boxes
 from scripts import box_fit
+from tests.detect_cli import detect_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = next(iter(sorted((ROOT / "calibration" / "frames").glob("chula_*.jpg"))), None)
@@ -64,15 +62,9 @@ def test_config_limits_and_passes_the_scale(tmp_path):
 
 @pytest.mark.skipif(FRAME is None, reason="calibration frames missing")
 def test_detect_verb_reports_the_scaled_boxes(tmp_path):
-    def boxes(*extra):
-        r = subprocess.run([sys.executable, "-m", "edge_app", "detect", "--json", str(FRAME),
-                            "--data-dir", str(tmp_path), *extra], capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
-        return np.array([c["box"] for c in json.loads(r.stdout)["cells"]], np.float32).reshape(-1, 4)
-
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nbox_scale = 0.7\n")
-    plain, scaled = boxes(), boxes("--config", str(cfg))
+    plain, scaled = detect_boxes(FRAME, tmp_path), detect_boxes(FRAME, tmp_path, "--config", str(cfg))
     assert len(plain) and len(plain) == len(scaled)
     side = lambda b: (b[:, 2:] - b[:, :2]).max(1)  # noqa: E731
     assert np.all(side(scaled) < side(plain) * 0.75)
