@@ -48,21 +48,28 @@ def _density(norm: np.ndarray) -> np.ndarray:
     return -np.log((norm + 1.0) / (preprocess.BACKGROUND_LEVEL + 1.0))
 
 
-def absorbance(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+def density_table(background: np.ndarray) -> np.ndarray:
+    """(256, 2) red and green optical density of each 8-bit level, referenced to a frame's background.
+
+    Built with the same float32 steps as the general path (``normalise_background``, then
+    ``_density``), so a lookup gives the same values at a fraction of the cost of a log per pixel.
+    """
+    levels = preprocess.normalise_background(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1),
+                                             background)
+    return _density(levels[:, :2])
+
+
+def absorbance(rgb: np.ndarray, background: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
     """Red + green optical density of (part of) a frame, referenced to the frame's background (float32)."""
     if rgb.dtype == np.uint8:
-        # a 256-entry table per channel, built with the same float32 steps as the general path
-        # (normalise_background, then _density): the same values at a fraction of the cost of a log per pixel
-        levels = preprocess.normalise_background(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1),
-                                                 background)
-        table = _density(levels)
+        table = density_table(background) if table is None else table
         return (table[rgb[..., 0], 0] + table[rgb[..., 1], 1]).astype(np.float32)
     od = _density(preprocess.normalise_background(rgb, background)[..., :2])
     return od.sum(axis=-1).astype(np.float32)
 
 
 def refine_box(frame_rgb: np.ndarray, background: np.ndarray, box: np.ndarray,
-               s: RefineSettings = RefineSettings()) -> np.ndarray:
+               s: RefineSettings = RefineSettings(), table: np.ndarray | None = None) -> np.ndarray:
     """``box`` (x1, y1, x2, y2 in frame pixels) tightened to the cell it holds, or unchanged.
 
     Only the search window's pixels are converted to optical density (a frame
@@ -76,7 +83,7 @@ def refine_box(frame_rgb: np.ndarray, background: np.ndarray, box: np.ndarray,
     rx2, ry2 = int(min(w, x2 + s.pad * bw + 1)), int(min(h, y2 + s.pad * bh + 1))
     if ry2 - ry1 < 4 or rx2 - rx1 < 4:
         return box
-    region = absorbance(frame_rgb[ry1:ry2, rx1:rx2], background)
+    region = absorbance(frame_rgb[ry1:ry2, rx1:rx2], background, table)
     region = cv2.GaussianBlur(region, (0, 0), max(0.5, s.blur * max(bw, bh)))
     lo, hi = np.percentile(region, (1.0, 99.5))
     if hi - lo < 1e-6:  # a flat window: nothing to segment
@@ -117,4 +124,5 @@ def refine_boxes(frame_rgb: np.ndarray, boxes: np.ndarray, s: RefineSettings = R
     if not len(boxes):
         return boxes
     bg = preprocess.estimate_background(frame_rgb) if background is None else background
-    return np.stack([refine_box(frame_rgb, bg, b, s) for b in boxes])
+    table = density_table(bg)  # once per frame, shared by its boxes
+    return np.stack([refine_box(frame_rgb, bg, b, s, table) for b in boxes])

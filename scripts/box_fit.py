@@ -167,10 +167,9 @@ def site_fit(model_dir: Path, labels: Path, images: Path | None = None, scale: f
         row["suggested_box_scale"] = round(scale * suggested_scale(r), 2)
         row["at_suggested_scale"] = {}
         for name, refine in (("raw", False), ("refined", True)):
-            det.box_scale, det.refine = row["suggested_box_scale"], refine
-            row["at_suggested_scale"][name] = eval_metrics.ap50_ap75([evaluate.detect_arrays(det, f)
-                                                                      for f in frames], gts)
-        det.box_scale, det.refine = scale, False
+            with evaluate.calibrated(det, {"box_scale": row["suggested_box_scale"], "box_refine": refine}):
+                row["at_suggested_scale"][name] = eval_metrics.ap50_ap75([evaluate.detect_arrays(det, f)
+                                                                          for f in frames], gts)
     return {"version": manifest.version, "site": row}
 
 

@@ -70,11 +70,8 @@ def slide_of(key: str) -> str:
 
 
 def detections(det: Detector, frames, scale: float, refine: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    det.box_scale, det.refine = scale, refine
-    try:
+    with evaluate.calibrated(det, {"box_scale": scale, "box_refine": refine}):
         return [evaluate.detect_arrays(det, f) for f in frames]
-    finally:
-        det.box_scale, det.refine = 1.0, False
 
 
 def score(det: Detector, frames, gts, scale: float = 1.0) -> dict:
@@ -103,11 +100,10 @@ def end_to_end_rows(manifest: Manifest, det: Detector, splits, cameras, scales: 
             scale = scales.get(cam, 1.0)
             for name, (s, refine) in {"raw@1.0": (1.0, False), f"raw@{scale}": (scale, False),
                                       f"refined@{scale}": (scale, True)}.items():
-                det.box_scale, det.refine = s, refine
-                r = evaluate.end_to_end(det, clf, items, evaluate.THRESHOLD)
+                with evaluate.calibrated(det, {"box_scale": s, "box_refine": refine}):
+                    r = evaluate.end_to_end(det, clf, items, evaluate.THRESHOLD)
                 out[f"{cam}/{split}/{name}"] = r
                 logger.info("end to end %s/%s %s: %d of %d", cam, split, name, r["detected_and_typed"], r["cells"])
-            det.box_scale, det.refine = 1.0, False
     return out
 
 

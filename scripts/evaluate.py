@@ -132,14 +132,19 @@ def detect_arrays(det: Detector, frame: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 @contextmanager
-def box_scaled(det: Detector, camera: str, scales: dict[str, float] | None):
-    """``det`` with ``camera``'s per-device box scale (``[model] box_scale``; 1.0 if none given), restored after."""
-    as_found = det.box_scale
-    det.box_scale = (scales or {}).get(camera, 1.0)
+def calibrated(det: Detector, calibration: dict):
+    """``det`` as a device with this ``[model]`` calibration sees its camera, restored after."""
+    as_found = det.box_scale, det.refine
+    det.box_scale, det.refine = calibration.get("box_scale", 1.0), calibration.get("box_refine", False)
     try:
         yield det
     finally:
-        det.box_scale = as_found
+        det.box_scale, det.refine = as_found
+
+
+def box_scaled(det: Detector, camera: str, scales: dict[str, float] | None):
+    """``det`` with ``camera``'s per-device box scale (``[model] box_scale``; 1.0 if none given), restored after."""
+    return calibrated(det, {"box_scale": (scales or {}).get(camera, 1.0)})
 
 
 def detections_on_val(det: Detector, scales: dict[str, float] | None = None
@@ -383,17 +388,6 @@ def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
 # Per-camera device calibrations validated with the shipped model (models/training/plan_chula_calibration.md):
 # what a device with that camera sets in its [model] table. The shipped defaults stay 1.0 / off.
 CAMERA_CALIBRATIONS = {"chula": {"box_scale": 0.89, "box_refine": True}}
-
-
-@contextmanager
-def calibrated(det: Detector, calibration: dict):
-    """``det`` as a device with this ``[model]`` calibration sees its camera, restored after."""
-    as_found = det.box_scale, det.refine
-    det.box_scale, det.refine = calibration.get("box_scale", 1.0), calibration.get("box_refine", False)
-    try:
-        yield det
-    finally:
-        det.box_scale, det.refine = as_found
 
 
 def eval_camera_calibration(det_runners, clf_runners, threshold: float) -> dict:
