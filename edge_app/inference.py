@@ -216,6 +216,8 @@ class Detector:
     def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
                  threshold: float | None = None) -> list[Detection]:
         """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own)."""
+        if self.refine and background is None:  # estimated once: the network input and the refinement share it
+            background = preprocess.estimate_background(frame_rgb)
         x, lb = preprocess.detector_input(frame_rgb, background)
         heat, ltrb = self.raw(x)
         thr = self.threshold if threshold is None else threshold
