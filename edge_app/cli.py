@@ -11,24 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
-from edge_app import __version__
+from edge_app import __version__, paths
 
 logger = logging.getLogger(__name__)
 
 VERBS = ("classify", "detect", "run", "bench", "report", "sync", "lis", "selftest", "status")
-
-
-def default_data_dir() -> Path:
-    """Per-user data dir; systemd units pass /var/lib/wbc-counter explicitly."""
-    env = os.environ.get("WBC_DATA_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "wbc-counter"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.data_dir is None:
-        args.data_dir = default_data_dir()
+    args.data_dir = paths.data_dir(args.data_dir)
     try:
         return int(args._main(args) or 0)
     except (ConfigError, BackendError, StoreError, CaptureError) as exc:

@@ -40,11 +40,11 @@ class ModelConfig(_Strict):
     detector_flip: Optional[bool] = None
     # Per-camera box calibration: detected boxes are scaled about their centres by this before
     # tracking, cropping and display. 1.0 = as the network regresses them; a camera whose cells
-    # come out boxed too large gets the factor `python -m scripts.box_fit` suggests from that
+    # come out boxed too large gets the factor `python -m scripts.training.box_fit` suggests from that
     # camera's labelled training frames (see models/MODEL_CARD.md).
     box_scale: float = Field(1.0, ge=0.5, le=1.5)
-    # Per-camera, after box_scale: tighten each box to the stained cell inside it (edge_app.boxrefine).
-    # Off by default; `python -m scripts.box_fit --labels` says whether a camera's frames gain from it.
+    # Per-camera, after box_scale: tighten each box to the stained cell inside it (edge_app.imaging.boxrefine).
+    # Off by default; `python -m scripts.training.box_fit --labels` says whether a camera's frames gain from it.
     box_refine: bool = False
 
 

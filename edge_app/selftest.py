@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import preprocess
+from edge_app import paths
 from edge_app.backends import BackendError, resolve_backend_name
-from edge_app.inference import Classifier, Detector, Manifest, create_backend, sha256_file
+from edge_app.imaging import preprocess
+from edge_app.model.bundle import Classifier, Detector, Manifest, create_backend, sha256_file
 from edge_app.store import Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def check_model_files(manifest: Manifest) -> Check:
 def check_engines(manifest: Manifest, precision: str, engine_dir: Path, build: bool, hashes: dict) -> Check:
     """TensorRT only: engines valid (or built) and their calibration caches intact."""
     from edge_app.backends import tensorrt as trt_backend
-    from edge_app.engine_cache import read_sidecar
+    from edge_app.backends.engine_cache import read_sidecar
 
     notes = []
     for net in ("detector", "classifier"):
@@ -355,7 +356,7 @@ def _check_inference(cfg, data_dir: Path, manifest: Manifest, build_engine: bool
     except BackendError as exc:
         result.checks.append(Check("engine", False, str(exc)))
         return
-    engine_dir = Path(cfg.inference.engine_dir) if cfg.inference.engine_dir else data_dir / "engines"
+    engine_dir = paths.engine_dir(cfg.inference.engine_dir, data_dir)
     backends = []
     try:
         if result.backend == "tensorrt":

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edge_app import engine_cache
-from edge_app.backends import BackendError
-from edge_app.inference import Manifest
+from edge_app.backends import BackendError, engine_cache
+from edge_app.model.bundle import Manifest
 
 logger = logging.getLogger(__name__)
 

@@ -16,4 +16,4 @@ summary="$data/sample_summary.json"
 mkdir -p "$data"
 wbc-counter run --source samples/slide_pan_train.mp4 --backend tflite --headless --target 200 \
   --sample-id DEMO-SAMPLE --data-dir "$data" --summary-json "$summary"
-python scripts/eval_pan.py --summary "$summary" --truth samples/slide_pan_train.json
+python -m scripts.eval_pan --summary "$summary" --truth samples/slide_pan_train.json

@@ -1,8 +1,8 @@
 """Score a ``wbc-counter run --summary-json`` against a slide-pan video's ground truth.
 
-    python scripts/make_sample_video.py --split test --out /tmp/heldout.mp4
+    python -m scripts.training.make_sample_video --split test --out /tmp/heldout.mp4
     wbc-counter run --source /tmp/heldout.mp4 --headless --target 1000 --summary-json /tmp/s.json
-    python scripts/eval_pan.py --truth /tmp/heldout.json --summary /tmp/s.json
+    python -m scripts.eval_pan --truth /tmp/heldout.json --summary /tmp/s.json
 
 Criteria (issue 3): the unique leukocyte count within +-5% of the truth, and
 each true five-part percentage inside the run's 95% CI. The unique count is

@@ -4,7 +4,7 @@ Starts Xvfb, runs ``wbc-counter run --source VIDEO`` with the window output in
 it, grabs the whole X screen after ``--at`` seconds, stops the run (SIGTERM)
 and writes the PNG. Needs Xvfb (``apt-get install -y xvfb``) and Pillow.
 
-    python scripts/kiosk_screenshot.py --source samples/slide_pan_train.mp4 --out samples/screenshot_live.png
+    python -m scripts.kiosk_screenshot --source samples/slide_pan_train.mp4 --out samples/screenshot_live.png
 """
 
 from __future__ import annotations

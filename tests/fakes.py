@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 from edge_app.backends.base import Backend, TensorSpec
-from edge_app.inference import Classifier, Detector
+from edge_app.imaging.preprocess import CLASSIFIER_SIZE
 from edge_app.labels import CLASSES
-from edge_app.preprocess import CLASSIFIER_SIZE
-from scripts.make_sample_video import focus_slips, pan_path
+from edge_app.model.bundle import Classifier, Detector
+from scripts.training.make_sample_video import focus_slips, pan_path
 
 BACKGROUND_BGR = (232, 230, 232)
 RBC_BGR = (165, 150, 222)
@@ -157,7 +157,7 @@ class NoisyDetector:
         return self.inner.refine
 
     def __call__(self, frame_rgb, background=None):
-        from edge_app.inference import Detection
+        from edge_app.model.bundle import Detection
 
         out = []
         for d in self.inner(frame_rgb, background):

@@ -1,6 +1,6 @@
 """Child process for the SIGKILL test: the real live loop with the fake model.
 
-    python tests/kiosk_child.py DATA_DIR SOURCE_URI
+    python -m tests.kiosk_child DATA_DIR SOURCE_URI
 
 Logs "counted cell N" (debug) on stderr when a cell reaches the tally, i.e.
 when the screen would show it.
@@ -8,13 +8,10 @@ when the screen would show it.
 
 import logging
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.session.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests.fakes import FakeBundle  # noqa: E402
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from tests.fakes import FakeBundle, NoisyDetector, make_slide, write_pan_video  # noqa: E402, F401
 
@@ -53,7 +52,7 @@ def assert_model_runs() -> None:
     """
     import subprocess
 
-    code = ("from edge_app.inference import ModelBundle; import numpy as np; "
+    code = ("from edge_app.model.bundle import ModelBundle; import numpy as np; "
             "b = ModelBundle(None, backend='tflite', precision='int8'); "
             "b.classifier(np.full((96, 96, 3), 200, np.uint8)); b.detector(np.full((480, 640, 3), 200, np.uint8))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -24,6 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# children are started as `python -m tests.<child>` from the repo root
+ROOT = Path(__file__).resolve().parent.parent
+
 CLEAN_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}
 
 
@@ -101,7 +104,7 @@ class Supervisor:
         if self.watchdog_sec:
             env["WATCHDOG_USEC"] = str(int(self.watchdog_sec * 1e6))
         log = open(self.log_dir / f"instance{n}.log", "w")
-        proc = subprocess.Popen(self.cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(self.cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         with self._cond:
             self.instances.append(Instance(n, proc))

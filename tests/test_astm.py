@@ -3,14 +3,10 @@ the far end of a real line: a socat pty pair and a pyserial socket:// link."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import serial
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.lis.astm_e1381 import AstmSender, frames_for  # noqa: E402
 from edge_app.lis.astm_e1394 import build_records, escape  # noqa: E402

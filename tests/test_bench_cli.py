@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.commands.bench import bench  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.pipeline import STAGES  # noqa: E402
+from edge_app.session.pipeline import STAGES  # noqa: E402
 from tests.kiosk_fixtures import (  # noqa: E402
     ROOT,
     SAMPLE_VIDEO,

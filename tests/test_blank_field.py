@@ -1,4 +1,4 @@
-"""Capturing the per-device blank field (``python -m edge_app.blank_field``) from real sources.
+"""Capturing the per-device blank field (``python -m edge_app.imaging.blank_field``) from real sources.
 
 The blank here is real slide background: the flattest patch of plasma in the shipped BCCD sample's
 first frame, enlarged to the frame size (no cell in it, nothing drawn). The sample video itself is the
@@ -16,17 +16,16 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from edge_app import preprocess  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.runner import device_calibration  # noqa: E402
+from edge_app.imaging import preprocess  # noqa: E402
+from edge_app.session.runner import device_calibration  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "slide_pan_train.mp4"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_app.blank_field", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edge_app.imaging.blank_field", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -1,4 +1,4 @@
-"""scripts/box_fit.py: the detected-to-labelled side ratio, and a site fitting its own camera's box scale."""
+"""scripts/training/box_fit.py: the detected-to-labelled side ratio, and a site fitting its own camera's box scale."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import box_fit
-from scripts.box_fit import side_ratios
+from scripts.training import box_fit
+from scripts.training.box_fit import side_ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 CHULA = ROOT.parent / "shared" / "datasets" / "chula"
@@ -37,7 +37,7 @@ def test_a_box_below_the_match_iou_is_not_a_ratio():
 
 def _site_csv(tmp_path, n_slides=2):
     """Leukocyte rows of the first frames of two Chula *train* slides, as a site would label them."""
-    from scripts.splits import split_of
+    from scripts.training.splits import split_of
     rows = [r for r in csv.DictReader(open(CHULA / "boxes.csv"))
             if split_of("chula", r["image"], r["slide"]) == "train"]
     slides = sorted({r["slide"] for r in rows})[:n_slides]

@@ -1,4 +1,4 @@
-"""Box refinement (``edge_app.boxrefine``, ``[model] box_refine``) on real Chula frames.
+"""Box refinement (``edge_app.imaging.boxrefine``, ``[model] box_refine``) on real Chula frames.
 
 The case it exists for is L-8's small lymphocytes boxed too large on unseen
 slides (``models/training/plan_boxrefine.md``): labelled boxes grown 1.35x,
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import boxrefine, preprocess
 from edge_app.config import ConfigError, load_config
-from edge_app.inference import ModelBundle, scale_boxes
-from scripts.eval_metrics import iou_matrix
+from edge_app.imaging import boxrefine, preprocess
+from edge_app.model.bundle import ModelBundle, scale_boxes
+from scripts.training.eval_metrics import iou_matrix
 from tests.detect_cli import detect_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def test_the_detector_refines_only_when_switched_on(tmp_path):
     frame, _ = _slide_frames("L-8", 1)[0]
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nbox_refine = true\n")
-    bundle = ModelBundle.from_config(load_config(cfg))
+    bundle = ModelBundle.from_config(load_config(cfg), tmp_path)
     try:
         assert bundle.detector.refine
         refined = np.array([d.box for d in bundle.detector(frame)], np.float32).reshape(-1, 4)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import preprocess
 from edge_app.config import ConfigError, load_config
-from edge_app.inference import ModelBundle, scale_boxes
-from scripts import box_fit
+from edge_app.imaging import preprocess
+from edge_app.model.bundle import ModelBundle, scale_boxes
+from scripts.training import box_fit
 from tests.detect_cli import detect_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def test_detector_scales_its_boxes_on_a_real_frame():
 def test_config_limits_and_passes_the_scale(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nbox_scale = 0.89\n")
-    bundle = ModelBundle.from_config(load_config(cfg))
+    bundle = ModelBundle.from_config(load_config(cfg), tmp_path)
     assert bundle.detector.box_scale == pytest.approx(0.89)
     bundle.close()
     assert load_config().model.box_scale == 1.0  # as regressed unless a device is calibrated

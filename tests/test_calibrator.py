@@ -3,18 +3,15 @@
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trt_fakes  # noqa: E402
-
-from edge_app import preprocess  # noqa: E402
 from edge_app.backends import BackendError  # noqa: E402
 from edge_app.backends import calibrator as calib  # noqa: E402
+from edge_app.imaging import preprocess  # noqa: E402
+from tests import trt_fakes
 
 CROP_SHAPE = (1, *preprocess.CLASSIFIER_SIZE[::-1], 3)
 

@@ -1,4 +1,4 @@
-"""`wbc-counter classify` frames the cell as the kiosk does (edge_app/framing.py).
+"""`wbc-counter classify` frames the cell as the kiosk does (edge_app/imaging/framing.py).
 
 The real console script and the shipped TFLite models on shipped PBC photos
 (the calibration set, CC BY 4.0): the JSON must be the classifier's answer on
@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app import framing, preprocess
-from edge_app.inference import ModelBundle
+from edge_app.imaging import framing, preprocess
+from edge_app.model.bundle import ModelBundle
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:4]
@@ -70,7 +70,7 @@ def test_an_image_without_a_cell_is_classified_whole(tmp_path, bundle):
 
 
 def test_the_cell_nearest_the_centre_is_chosen_and_edge_cells_are_not():
-    from edge_app.inference import Detection
+    from edge_app.model.bundle import Detection
 
     def det(cx, cy, s=0.9):
         return Detection(np.array([cx - 20, cy - 20, cx + 20, cy + 20], np.float32), s)

@@ -1,11 +1,11 @@
-"""Reading the datasets' labels into the training and evaluation caches (scripts/data.py)."""
+"""Reading the datasets' labels into the training and evaluation caches (scripts/training/data.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scripts import data
+from scripts.training import data
 
 
 def test_a_txl_label_line_written_twice_is_one_cell(tmp_path, monkeypatch):
@@ -41,14 +41,14 @@ def test_a_cache_built_with_the_old_splits_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "CACHE", tmp_path)
     for name in ("det", "cls"):
         np.savez(tmp_path / f"{name}.npz", keys=np.array(["a"]), txl_repeated_dropped=np.array(0))
-        with pytest.raises(SystemExit, match=f"out of date: run `python -m scripts.data --only {name}`"):
+        with pytest.raises(SystemExit, match=f"out of date: run `python -m scripts.training.data --only {name}`"):
             data.load(name)
         np.savez(tmp_path / f"{name}.npz", keys=np.array(["a"]), cache_version=np.array(data.CACHE_VERSION))
         assert data.load(name)["keys"].tolist() == ["a"]
 
 
 def test_crops_of_one_frame_have_distinct_keys_and_old_teacher_keys_map_onto_them():
-    teacher_probs = pytest.importorskip("scripts.teacher_probs")
+    teacher_probs = pytest.importorskip("scripts.training.teacher_probs")
     old = ["basophil/BA_1.jpg", "E-11_0981.jpg", "E-11_0981.jpg", "B-30_0001.jpg"]
     assert teacher_probs.unique_crop_keys(old).tolist() == [
         "basophil/BA_1.jpg", data.crop_key("E-11_0981.jpg", 0), data.crop_key("E-11_0981.jpg", 1),

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import preprocess
 from edge_app.config import ConfigError, load_config
-from edge_app.inference import Detector, Manifest, ModelBundle, create_backend, decode_detections
+from edge_app.imaging import preprocess
+from edge_app.model.bundle import Detector, Manifest, ModelBundle, create_backend, decode_detections
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAMES = sorted((ROOT / "calibration" / "frames").glob("*.jpg"))
@@ -113,7 +113,7 @@ def test_without_vote_the_peak_box_stands_alone():
 def test_config_overrides_the_mirrored_pass(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\ndetector_flip = false\n")
-    bundle = ModelBundle.from_config(load_config(cfg))
+    bundle = ModelBundle.from_config(load_config(cfg), tmp_path)
     assert bundle.detector.flip is False
     bundle.close()
     cfg.write_text("[model]\ndetector_flip = \"sometimes\"\n")

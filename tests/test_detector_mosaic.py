@@ -1,4 +1,4 @@
-"""The detector's zoom-out mosaic (scripts/train.py --mosaic).
+"""The detector's zoom-out mosaic (scripts/training/train.py --mosaic).
 
 The frames here are flat colour fields with one marked rectangle each: the
 test checks geometry (every target box lands on its marked pixels, no cell
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-train = pytest.importorskip("scripts.train")
+train = pytest.importorskip("scripts.training.train")
 
-from edge_app.preprocess import DETECTOR_SIZE  # noqa: E402
+from edge_app.imaging.preprocess import DETECTOR_SIZE  # noqa: E402
 
 H, W = 360, 480
 

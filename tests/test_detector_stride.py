@@ -1,4 +1,4 @@
-"""The detector's output stride (scripts/wbcnet.py, scripts/train.py --stride).
+"""The detector's output stride (scripts/training/wbcnet.py, scripts/training/train.py --stride).
 
 Training needs PyTorch, which the runtime and CI do not install: these run
 where the training extra is installed and are skipped elsewhere.
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-wbcnet = pytest.importorskip("scripts.wbcnet")
-train = pytest.importorskip("scripts.train")
+wbcnet = pytest.importorskip("scripts.training.wbcnet")
+train = pytest.importorskip("scripts.training.train")
 
-from edge_app.inference import decode_detections  # noqa: E402
-from edge_app.preprocess import DETECTOR_SIZE  # noqa: E402
+from edge_app.imaging.preprocess import DETECTOR_SIZE  # noqa: E402
+from edge_app.model.bundle import decode_detections  # noqa: E402
 
 
 @pytest.mark.parametrize("stride", [16, 8])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,18 +15,16 @@ import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
+from edge_app.counting.tally import Tally  # noqa: E402
 from edge_app.display import HudInfo, Mp4Recorder, open_display, render_hud  # noqa: E402
 from edge_app.display.hud import FRAME_BOX, PANEL_X, TOP  # noqa: E402
+from edge_app.imaging.quality import FrameQuality  # noqa: E402
 from edge_app.labels import CLASS_COLOURS_BGR, FIVE_PART  # noqa: E402
-from edge_app.pipeline import FrameState  # noqa: E402
-from edge_app.quality import FrameQuality  # noqa: E402
-from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.session.pipeline import FrameState  # noqa: E402
+from edge_app.session.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
-from edge_app.tally import Tally  # noqa: E402
 from tests.kiosk_fixtures import FakeBundle, build_synthetic_pan  # noqa: E402
 
 BAR_X, BAR_W = PANEL_X + 120, 300

@@ -1,4 +1,4 @@
-"""Distillation targets in training (scripts/train.py --teacher).
+"""Distillation targets in training (scripts/training/train.py --teacher).
 
 Training needs PyTorch, which the runtime and CI do not install: these run
 where the training extra is installed and are skipped elsewhere.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-train = pytest.importorskip("scripts.train")
+train = pytest.importorskip("scripts.training.train")
 
 
 def _write(path, keys, probs, trained_on=("pbc", "raabin", "chula", "bccd")):

@@ -5,8 +5,8 @@ import hashlib
 
 import pytest
 
-from edge_app import engine_cache
-from edge_app.engine_cache import EngineKey
+from edge_app.backends import engine_cache
+from edge_app.backends.engine_cache import EngineKey
 
 KEY = EngineKey("classifier", "ab" * 32, "8.6.2", "NVIDIA Jetson AGX Orin", "8.7", "int8")
 

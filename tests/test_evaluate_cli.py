@@ -1,4 +1,4 @@
-"""scripts.evaluate's report bookkeeping: re-scoring a new model keeps the LOSO and lever rows."""
+"""scripts.training.evaluate's report bookkeeping: re-scoring a new model keeps the LOSO and lever rows."""
 
 import json
 import shutil
@@ -7,21 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-evaluate = pytest.importorskip("scripts.evaluate")
+evaluate = pytest.importorskip("scripts.training.evaluate")
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def test_carry_studies_keeps_rows_and_their_command():
-    earlier = {"command": "python -m scripts.evaluate --loso a.pt:chula --levers runs/levers",
+    earlier = {"command": "python -m scripts.training.evaluate --loso a.pt:chula --levers runs/levers",
                "loso": [{"source": "chula", "ckpt": "a.pt"}], "levers": [{"run": "levers/x"}],
                "classifier": {"old": 1}}
-    r = evaluate.carry_studies({"command": "python -m scripts.evaluate --keep-studies", "classifier": {"new": 1}},
+    cmd = "python -m scripts.training.evaluate --keep-studies"
+    r = evaluate.carry_studies({"command": cmd, "classifier": {"new": 1}},
                                earlier)
     assert r["loso"] == earlier["loso"] and r["levers"] == earlier["levers"]
     assert r["command_loso"] == earlier["command"]  # the rows name the command that made them
     assert r["classifier"] == {"new": 1} and r["command"].endswith("--keep-studies")
-    earlier["command_loso"] = "python -m scripts.evaluate --skip-main --add-loso b.pt:chula"
+    earlier["command_loso"] = "python -m scripts.training.evaluate --skip-main --add-loso b.pt:chula"
     assert evaluate.carry_studies({}, earlier)["command_loso"] == earlier["command_loso"]
 
 
@@ -91,7 +92,7 @@ def test_unseen_slides_row_scores_only_val_and_test_slides_with_or_without_a_sty
 
 
 def test_unseen_slides_paragraph_says_whether_the_bank_held_the_left_out_source():
-    from scripts.eval_report import unseen_slides_paragraph
+    from scripts.training.eval_report import unseen_slides_paragraph
     row = {"source": "chula", "ckpt": "runs/x/classifier.pt", "views": 8, "n_unseen": 62, "acc_unseen": 0.5,
            "acc_tta_unseen": 0.6, "f1_tta_unseen": 0.55, "tecom_tta": 0.59}
     control = " ".join(unseen_slides_paragraph(dict(row, style_sources=[])))

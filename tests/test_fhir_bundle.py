@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.store.db import Store  # noqa: E402
 from edge_app.sync.errors import PermanentError  # noqa: E402

@@ -13,11 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.store.db import Store  # noqa: E402
 from edge_app.sync.loinc import PERCENT_CODES  # noqa: E402

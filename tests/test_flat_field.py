@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app import preprocess
+from edge_app.imaging import preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = sorted((ROOT / "calibration" / "frames").glob("bccd_*.jpg"))[0]

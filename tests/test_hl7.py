@@ -4,15 +4,10 @@ silence / wrong ACK / dropped connection."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hl7
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.lis.hl7_oru import build_oru, control_id  # noqa: E402
 from edge_app.lis.mllp import MllpClient, check_ack, parse_hostport  # noqa: E402

@@ -1,4 +1,4 @@
-"""Kiosk framing of single-cell photos (scripts/kiosk_framing.py, scripts/augment.py).
+"""Kiosk framing of single-cell photos (scripts/training/kiosk_framing.py, scripts/training/augment.py).
 
 The detector and the photos are the shipped ones: the INT8 TFLite detector in
 models/ and the PBC crops of the shipped calibration set (CC BY 4.0).
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import framing, preprocess
-from scripts import augment, kiosk_framing
+from edge_app.imaging import framing, preprocess
+from scripts.training import augment, kiosk_framing
 
 ROOT = Path(__file__).resolve().parent.parent
 PBC_PHOTOS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:12]
@@ -84,5 +84,5 @@ def test_squares_of_another_cache_are_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="belongs to another classifier cache"):
         kiosk_framing.load(np.array(["a", "c"]))
     monkeypatch.setattr(kiosk_framing, "FRAMES", tmp_path / "missing.npz")
-    with pytest.raises(SystemExit, match="run `python -m scripts.kiosk_framing`"):
+    with pytest.raises(SystemExit, match="run `python -m scripts.training.kiosk_framing`"):
         kiosk_framing.load(np.array(["a"]))

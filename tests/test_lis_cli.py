@@ -4,14 +4,10 @@ pair, pyserial socket://), real MLLP listener; failures stay queued."""
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.store.db import Store  # noqa: E402
 from tests.sync_fixtures import (  # noqa: E402

@@ -1,9 +1,9 @@
 """Parity: ONNX, Q/DQ ONNX, TFLite FP32 and TFLite INT8 against the PyTorch model.
 
-The PyTorch outputs were stored by ``scripts/export.py`` on real images
+The PyTorch outputs were stored by ``scripts/training/export.py`` on real images
 (``models/parity/``, drawn from the calibration set) when the artifacts were
 made; here each exported runtime is fed the same pixels through the shared
-``edge_app.preprocess`` and must agree within the tolerances the model card
+``edge_app.imaging.preprocess`` and must agree within the tolerances the model card
 states:
 
 - FP32 (ONNX Runtime, TFLite): max |diff| <= 1e-3 on every output;
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import preprocess
 from edge_app.backends.tflite import TFLiteBackend
-from edge_app.inference import Manifest
+from edge_app.imaging import preprocess
+from edge_app.model.bundle import Manifest
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FP32_TOL = 1e-3

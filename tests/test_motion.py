@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edge_app.motion import StageMotion  # noqa: E402
-from edge_app.quality import grey_small  # noqa: E402
+from edge_app.imaging.motion import StageMotion  # noqa: E402
+from edge_app.imaging.quality import grey_small  # noqa: E402
 from tests.kiosk_fixtures import SAMPLE_TRUTH, SAMPLE_VIDEO, requires_sample  # noqa: E402
 
 

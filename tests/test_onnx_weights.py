@@ -1,5 +1,5 @@
-"""Reading a classifier back from its ONNX file, and the averaging ensemble (scripts/onnx_weights.py,
-scripts.wbcnet.Ensemble, scripts/export.py --classifier A B).
+"""Reading a classifier back from its ONNX file, and the averaging ensemble (scripts/training/onnx_weights.py,
+scripts.training.wbcnet.Ensemble, scripts/training/export.py --classifier A B).
 
 They need PyTorch (the training extra), which the runtime and CI do not
 install: they run where it is installed and are skipped elsewhere.
@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-wbcnet = pytest.importorskip("scripts.wbcnet")
-onnx_weights = pytest.importorskip("scripts.onnx_weights")
-export = pytest.importorskip("scripts.export")
+wbcnet = pytest.importorskip("scripts.training.wbcnet")
+onnx_weights = pytest.importorskip("scripts.training.onnx_weights")
+export = pytest.importorskip("scripts.training.export")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -8,12 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.store.db import Store  # noqa: E402
 from edge_app.sync.backoff import backoff_delay  # noqa: E402

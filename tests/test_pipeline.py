@@ -4,19 +4,15 @@ real-image sample with the real TFLite INT8 model (once models/ exists)."""
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
 from edge_app.labels import FIVE_PART  # noqa: E402
-from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.session.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests.kiosk_fixtures import (  # noqa: E402
     ROOT,

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.config import QualityConfig  # noqa: E402
-from edge_app.quality import QualityGate  # noqa: E402
-from scripts.splits import DATASETS  # noqa: E402
+from edge_app.imaging.quality import QualityGate  # noqa: E402
+from scripts.training.splits import DATASETS  # noqa: E402
 
 BCCD = DATASETS / "bccd" / "images"
 

@@ -1,5 +1,5 @@
 """The shipped INT8 TFLite files are re-derived from what ships: the FP32 TFLite, the calibration set
-and ``scripts.quantize`` (no training checkpoint, no PyTorch).
+and ``scripts.training.quantize`` (no training checkpoint, no PyTorch).
 
 On the machine that exported them the bytes are identical. Elsewhere the FP32 calibration pass may
 round differently in the last bit, so this compares what decides the model's outputs: every tensor's
@@ -8,19 +8,17 @@ type, shape and quantisation grid, and every int8 constant to within one step.""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("ai_edge_quantizer")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from scripts import quantize  # noqa: E402
+from scripts.training import quantize  # noqa: E402
 
 MODELS = ROOT / "models"
 

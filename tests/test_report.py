@@ -5,18 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
 from edge_app.labels import FIVE_PART  # noqa: E402
-from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.session.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests.kiosk_fixtures import ROOT, FakeBundle, build_synthetic_pan  # noqa: E402
 

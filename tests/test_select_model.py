@@ -1,10 +1,10 @@
-"""scripts.select_model: the val figures a candidate model is chosen by."""
+"""scripts.training.select_model: the val figures a candidate model is chosen by."""
 
 import numpy as np
 import pytest
 
-select_model = pytest.importorskip("scripts.select_model")
-evaluate = pytest.importorskip("scripts.evaluate")
+select_model = pytest.importorskip("scripts.training.select_model")
+evaluate = pytest.importorskip("scripts.training.evaluate")
 
 
 def metrics(truth, pred):

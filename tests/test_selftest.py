@@ -2,7 +2,7 @@
 
 The TensorRT path runs on the TensorRT/pycuda fakes with tiny ONNX models;
 the reference outputs come from onnxruntime FP32, exactly as
-scripts/make_reference.py makes them. The camera is the real capture code on
+scripts/training/make_reference.py makes them. The camera is the real capture code on
 an image folder, or a fake live camera for the "no frames" cases. Once the
 real model has landed, the CPU (TFLite INT8) path is tested on it too.
 """
@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trt_fakes  # noqa: E402
-
-from edge_app import cli, engine_cache  # noqa: E402
+from edge_app import cli  # noqa: E402
 from edge_app import selftest as st  # noqa: E402
+from edge_app.backends import engine_cache  # noqa: E402
 from edge_app.capture import CaptureError, FrameSource  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.inference import Manifest  # noqa: E402
+from edge_app.model.bundle import Manifest  # noqa: E402
 from edge_app.store import Store  # noqa: E402
+from tests import trt_fakes
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path("/work/shared/datasets")

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.store import Store  # noqa: E402
 from tests.kiosk_fixtures import (  # noqa: E402
     ROOT,
@@ -77,7 +75,7 @@ def check_nothing_lost(data_dir: Path, shown: list[int]) -> str:
 def test_sigkill_mid_session_loses_no_counted_cell(tmp_path, synthetic_pan):
     data = tmp_path / "data"
     uri = f"replay://{synthetic_pan['video']}?fps=30"
-    child = [sys.executable, str(ROOT / "tests" / "kiosk_child.py"), str(data), uri]
+    child = [sys.executable, "-m", "tests.kiosk_child", str(data), uri]
     shown = run_and_kill(child, after_cells=6)
     assert len(shown) == 6
     sid = check_nothing_lost(data, shown)

@@ -1,4 +1,4 @@
-"""The splits keep copies of one image together (scripts/splits.py, scripts/dedup.py).
+"""The splits keep copies of one image together (scripts/training/splits.py, scripts/training/dedup.py).
 
 Session 18 found copies in different splits: Chula's test slide HF-M-8 is
 train slide M-8 mirrored, TXL-PBC holds resized, mirrored and rotated copies of
@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from scripts import dedup
-from scripts.splits import DATASETS, GROUPS_FILE, split_of
+from scripts.training import dedup
+from scripts.training.splits import DATASETS, GROUPS_FILE, split_of
 
 CHULA = DATASETS / "chula" / "images"
 pytestmark = pytest.mark.skipif(not CHULA.is_dir(), reason="needs ../shared/datasets")
@@ -66,7 +66,7 @@ def test_every_copy_takes_its_group_split_and_bccd_keeps_its_own():
 
 def test_the_committed_groups_are_what_dedup_finds_in_the_data():
     # Re-reads every BCCD and TXL-PBC frame and every PBC and Raabin photo (about
-    # 20 s): a change to the data or to the rules without `python -m scripts.dedup`
+    # 20 s): a change to the data or to the rules without `python -m scripts.training.dedup`
     # fails here.
     found, _ = dedup.find_groups()
     committed = json.loads(GROUPS_FILE.read_text())["groups"]

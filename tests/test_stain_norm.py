@@ -1,4 +1,4 @@
-"""Stain-density referencing of classifier crops (edge_app.preprocess.normalise_stain)."""
+"""Stain-density referencing of classifier crops (edge_app.imaging.preprocess.normalise_stain)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import preprocess
+from edge_app.imaging import preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 CROPS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[::30]

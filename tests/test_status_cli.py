@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trt_fakes  # noqa: E402
-
-from edge_app import cli, engine_cache  # noqa: E402
+from edge_app import cli  # noqa: E402
 from edge_app import selftest as st  # noqa: E402
+from edge_app.backends import engine_cache  # noqa: E402
 from edge_app.store import Store  # noqa: E402
+from tests import trt_fakes
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"backend", "model_version", "engine", "camera", "selftest", "last_sync", "outbox", "outbox_depth",
@@ -65,7 +64,7 @@ def test_json_on_a_cpu_in_a_real_process(tmp_path, model_dir):
 def test_engine_hash_on_tensorrt(monkeypatch, tmp_path, model_dir, capsys):
     trt_fakes.install(monkeypatch)
     from edge_app.backends import tensorrt as trt_backend
-    from edge_app.inference import Manifest
+    from edge_app.model.bundle import Manifest
 
     data = tmp_path / "data"
     manifest = Manifest.load(model_dir)

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.store import Store  # noqa: E402
 from edge_app.store.writer import StoreWriter  # noqa: E402

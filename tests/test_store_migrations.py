@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.session.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from edge_app.store.db import DB_NAME, _migrations, _split_sql  # noqa: E402
 from tests.kiosk_fixtures import FakeBundle, build_synthetic_pan  # noqa: E402

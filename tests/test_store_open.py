@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from edge_app.store import Store, StoreError  # noqa: E402
 from edge_app.store.db import DB_NAME, _migrations  # noqa: E402

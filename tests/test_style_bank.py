@@ -1,6 +1,6 @@
-"""The amplitude-mix style bank of training (scripts/train.py --style-mix).
+"""The amplitude-mix style bank of training (scripts/training/train.py --style-mix).
 
-Needs PyTorch (scripts.train imports it), so it is skipped where the training
+Needs PyTorch (scripts.training.train imports it), so it is skipped where the training
 extra is not installed, as CI is.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-train = pytest.importorskip("scripts.train")
+train = pytest.importorskip("scripts.training.train")
 
 
 def _cache():

@@ -5,7 +5,7 @@
 - a counter whose loop hangs stops pinging the watchdog, is killed with
   SIGABRT and restarted, and the new instance is ready and pinging again.
 
-Children run the real live loop (edge_app.runner.LiveRun) and the real
+Children run the real live loop (edge_app.session.runner.LiveRun) and the real
 SystemdNotifier on a real notify socket; the fake model (tests/fakes.py)
 stands in for the networks, except in the last test, which runs
 `wbc-counter run` on the shipped model once it is in models/.
@@ -22,10 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.store import DB_NAME, Store  # noqa: E402
-from tests.kiosk_fixtures import ROOT, SAMPLE_VIDEO, build_synthetic_pan, requires_model  # noqa: E402
+from tests.kiosk_fixtures import SAMPLE_VIDEO, build_synthetic_pan, requires_model  # noqa: E402
 from tests.supervisor import Supervisor  # noqa: E402
 
 
@@ -55,7 +53,7 @@ def synthetic_pan(tmp_path_factory):
 def test_sigkill_restart_resumes_the_session_with_nothing_lost(tmp_path, synthetic_pan):
     data = tmp_path / "data"
     uri = f"replay://{synthetic_pan['video']}?fps=30"
-    sup = Supervisor([sys.executable, str(ROOT / "tests" / "kiosk_child.py"), str(data), uri], tmp_path,
+    sup = Supervisor([sys.executable, "-m", "tests.kiosk_child", str(data), uri], tmp_path,
                      watchdog_sec=30).start()
     try:
         sup.wait_for(lambda: sup.current.ready, what="first instance ready")
@@ -93,7 +91,7 @@ def _frames_folder(folder: Path) -> Path:
 def test_hung_loop_stops_pinging_and_is_restarted(tmp_path):
     data, hang = tmp_path / "data", tmp_path / "hang"
     uri = f"replay://{_frames_folder(tmp_path / 'frames')}?fps=15&loop=1"
-    sup = Supervisor([sys.executable, str(ROOT / "tests" / "watchdog_child.py"), str(data), uri, str(hang)],
+    sup = Supervisor([sys.executable, "-m", "tests.watchdog_child", str(data), uri, str(hang)],
                      tmp_path, watchdog_sec=2.0).start()
     try:
         sup.wait_for(lambda: sup.current.ready and sup.current.pings >= 2, what="first instance pinging")

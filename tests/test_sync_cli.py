@@ -8,11 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_app.store.db import Store  # noqa: E402
 from edge_app.sync.lock import SyncLock  # noqa: E402

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from edge_app.counting.tally import Tally, clopper_pearson_interval, wilson_interval  # noqa: E402
 from edge_app.labels import FIVE_PART  # noqa: E402
-from edge_app.tally import Tally, clopper_pearson_interval, wilson_interval  # noqa: E402
 
 
 def test_wilson_matches_reference_values():

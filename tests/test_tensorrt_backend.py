@@ -7,19 +7,20 @@ returns are checked against the model itself.
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trt_fakes  # noqa: E402
-
-from edge_app import engine_cache  # noqa: E402
-from edge_app.backends import BackendError, resolve_backend_name, tensorrt_usable  # noqa: E402
+from edge_app.backends import (  # noqa: E402
+    BackendError,
+    engine_cache,  # noqa: E402
+    resolve_backend_name,
+    tensorrt_usable,
+)
 from edge_app.backends import tensorrt as trt_backend  # noqa: E402
-from edge_app.inference import Manifest, ModelBundle, create_backend  # noqa: E402
+from edge_app.model.bundle import Manifest, ModelBundle, create_backend  # noqa: E402
+from tests import trt_fakes
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 if not DATASETS.is_dir():

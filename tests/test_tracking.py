@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.config import TrackingConfig  # noqa: E402
-from edge_app.tracking import Tracker  # noqa: E402
+from edge_app.counting.tracker import Tracker  # noqa: E402
 
 W, H = 640, 480
 

@@ -1,4 +1,4 @@
-"""Order of the training augmentation (scripts/augment.py ``training_view``).
+"""Order of the training augmentation (scripts/training/augment.py ``training_view``).
 
 With ``photometric_first`` the sensor noise is added to the photo before the
 kiosk's framing zooms it, so a framed crop's noise grain is enlarged with the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from scripts import augment
+from scripts.training import augment
 
 
 def _grain(view: np.ndarray) -> float:
@@ -70,9 +70,9 @@ def test_crop_set_at_share_0_and_1_replays_1_5_0_and_runs_cls_pf():
     import pytest
 
     pytest.importorskip("torch")
-    train = pytest.importorskip("scripts.train")
-    from edge_app import preprocess
-    from scripts import kiosk_framing
+    train = pytest.importorskip("scripts.training.train")
+    from edge_app.imaging import preprocess
+    from scripts.training import kiosk_framing
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (4, 128, 128, 3), dtype=np.uint8)

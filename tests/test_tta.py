@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import preprocess
 from edge_app.backends import BackendError
 from edge_app.config import ConfigError, load_config
-from edge_app.inference import Classifier, Manifest, ModelBundle, create_backend
+from edge_app.imaging import preprocess
+from edge_app.model.bundle import Classifier, Manifest, ModelBundle, create_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 CROPS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:4]

@@ -3,19 +3,19 @@
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trt_fakes  # noqa: E402
-
-from edge_app import cli, engine_cache, updates  # noqa: E402
+from edge_app import cli, updates  # noqa: E402
 from edge_app import selftest as st  # noqa: E402
-from edge_app.backends import BackendError  # noqa: E402
+from edge_app.backends import (
+    BackendError,  # noqa: E402
+    engine_cache,  # noqa: E402
+)
 from edge_app.config import load_config  # noqa: E402
 from edge_app.store import Store  # noqa: E402
+from tests import trt_fakes
 
 DATASETS = Path("/work/shared/datasets")
 

@@ -1,4 +1,4 @@
-"""The training weight average (scripts/train.py --ema, --ema-warmup).
+"""The training weight average (scripts/training/train.py --ema, --ema-warmup).
 
 Training needs PyTorch, which the runtime and CI do not install: these run
 where the training extra is installed and are skipped elsewhere.
@@ -11,7 +11,7 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-train = pytest.importorskip("scripts.train")
+train = pytest.importorskip("scripts.training.train")
 
 
 def _net(value: float) -> torch.nn.Module:

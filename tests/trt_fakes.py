@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.preprocess import CLASSIFIER_SIZE
+from edge_app.imaging.preprocess import CLASSIFIER_SIZE
 
 CROP = CLASSIFIER_SIZE[0]  # the tiny classifier takes what the app sends
 ATT = CROP // 8
@@ -582,11 +582,11 @@ def write_tiny_bundle(root: Path, calib_crops: list[Path] = (), calib_frames: li
 
 
 def write_reference(model_dir: Path, crops, frames) -> None:
-    """reference/ as scripts.make_reference writes it, from the FP32 ONNX via onnxruntime."""
-    from edge_app import preprocess
-    from edge_app.inference import Classifier, Detector, Manifest, sha256_file
+    """reference/ as scripts.training.make_reference writes it, from the FP32 ONNX via onnxruntime."""
+    from edge_app.imaging import preprocess
+    from edge_app.model.bundle import Classifier, Detector, Manifest, sha256_file
     from edge_app.selftest import REFERENCE_DIR, REFERENCE_FILE
-    from scripts.make_reference import DETECT_THRESHOLD, OnnxFP32Backend
+    from scripts.training.make_reference import DETECT_THRESHOLD, OnnxFP32Backend
 
     manifest = Manifest.load(model_dir)
     classifier = Classifier(OnnxFP32Backend(manifest, "classifier"))

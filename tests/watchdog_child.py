@@ -1,6 +1,6 @@
 """Child process for the watchdog test: the real live loop with the fake model, and a hang switch.
 
-    python tests/watchdog_child.py DATA_DIR SOURCE_URI HANG_FILE
+    python -m tests.watchdog_child DATA_DIR SOURCE_URI HANG_FILE
 
 When HANG_FILE exists, the next detector call deletes it and blocks for good,
 as an inference stuck in a GPU driver would: the loop stops pinging the
@@ -13,11 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
-from edge_app.runner import LiveRun  # noqa: E402
+from edge_app.session.runner import LiveRun  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests.fakes import FakeBundle  # noqa: E402
 

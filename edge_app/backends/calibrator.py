@@ -2,7 +2,7 @@
 
 TensorRT's implicit INT8 quantisation measures each activation's range on
 real inputs. As torch2trt's ``DatasetCalibrator`` does, ``get_batch`` copies
-the next preprocessed image (the very ``edge_app.preprocess`` the runtime
+the next preprocessed image (the very ``edge_app.imaging.preprocess`` the runtime
 uses) to one device buffer and hands TensorRT its address; the first build
 writes the resulting scales to a calibration cache, and every later build
 (after a JetPack upgrade, say) reads that one file instead of recalibrating.
@@ -23,8 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from edge_app import preprocess
 from edge_app.backends.base import BackendError
+from edge_app.imaging import preprocess
 
 logger = logging.getLogger(__name__)
 

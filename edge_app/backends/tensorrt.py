@@ -4,7 +4,7 @@ First start: the shipped ONNX is parsed (``OnnxParser``), built with the INT8
 and FP16 flags (FP16 for layers without an INT8 kernel) and calibrated with
 the shipped calibration/ set through ``IInt8EntropyCalibrator2`` and a
 calibration cache. A TensorRT without implicit calibration gets the Q/DQ ONNX
-instead. The serialized engine is cached by ``edge_app.engine_cache`` under a
+instead. The serialized engine is cached by ``edge_app.backends.engine_cache`` under a
 key of model sha256 + TensorRT version + GPU + precision, and rebuilt when any
 of them changes.
 
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import engine_cache
 from edge_app.backends import calibrator as calib
+from edge_app.backends import engine_cache
 from edge_app.backends.base import Backend, BackendError, TensorSpec
-from edge_app.engine_cache import EngineKey
+from edge_app.backends.engine_cache import EngineKey
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,6 @@ def trt_logger():
     return _trt_logger
 
 
-def default_engine_dir() -> Path:
-    from edge_app.cli import default_data_dir  # late: cli imports every verb
-
-    return default_data_dir() / "engines"
-
-
 @dataclass
 class EnginePlan:
     """What to build for one network on this machine, and where it is cached."""
@@ -124,9 +118,9 @@ class EnginePlan:
         return engine_cache.engine_path(self.engine_dir, self.key)
 
 
-def plan_engine(manifest, net: str, precision: str = "int8", engine_dir: str | Path | None = None) -> EnginePlan:
+def plan_engine(manifest, net: str, precision: str, engine_dir: str | Path) -> EnginePlan:
     """Key, model file and calibration choice for ``net``; needs TensorRT + a GPU, touches no file."""
-    engine_dir = Path(engine_dir) if engine_dir else default_engine_dir()
+    engine_dir = Path(engine_dir)  # from edge_app.paths.engine_dir: the caller owns the choice
     gpu, cc = device_info()
     version = str(trt.__version__)
     if precision == "int8" and tuple(int(v) for v in cc.split(".")) < MIN_INT8_CC:
@@ -212,7 +206,7 @@ def build_engine(manifest, plan: EnginePlan) -> engine_cache.CacheState:
     return engine_cache.save(plan.engine_dir, plan.key, blob, extra)
 
 
-def ensure_engine(manifest, net: str, precision: str = "int8", engine_dir: str | Path | None = None,
+def ensure_engine(manifest, net: str, precision: str, engine_dir: str | Path,
                   build: bool = True) -> tuple[EnginePlan, engine_cache.CacheState]:
     """The valid cached engine of ``net``, built first when missing or stale and ``build`` is set."""
     plan = plan_engine(manifest, net, precision, engine_dir)
@@ -279,7 +273,7 @@ class TensorRTBackend(Backend):
         self._spec = TensorSpec(self._input.name, self._input.shape)
 
     @classmethod
-    def from_manifest(cls, manifest, net: str, precision: str = "int8", engine_dir: str | Path | None = None,
+    def from_manifest(cls, manifest, net: str, precision: str, engine_dir: str | Path,
                       build: bool = True) -> "TensorRTBackend":
         """Load the cached engine of ``net`` (building it first if missing or stale, when ``build``)."""
         plan, state = ensure_engine(manifest, net, precision, engine_dir, build)

@@ -7,8 +7,8 @@ import json
 import logging
 import sys
 
-from edge_app import preprocess
 from edge_app.config import load_config
+from edge_app.imaging import preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +23,11 @@ def add_image_args(p) -> None:
 
 
 def load_bundle(args):
-    from edge_app.inference import ModelBundle
+    from edge_app.model.bundle import ModelBundle
 
     cfg = load_config(args.config, {"inference.backend": args.backend, "inference.precision": args.precision,
                                     "model.dir": args.model_dir})
-    return ModelBundle.from_config(cfg)
+    return ModelBundle.from_config(cfg, args.data_dir)
 
 
 def for_each_image(paths, handle) -> int:

@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 
+from edge_app import paths
 from edge_app.capture import open_source
 from edge_app.commands.run import add_source_args, load_bundle
 from edge_app.config import load_config
@@ -31,9 +32,9 @@ def add_parser(sub):
 
 def bench(cfg, bundle, source, data_dir, frames: int) -> dict:
     """Run the live loop headless for ``frames`` frames; the bench JSON object."""
-    from edge_app.runner import LiveRun
+    from edge_app.session.runner import LiveRun
 
-    bench_dir = data_dir / "bench"
+    bench_dir = paths.bench_dir(data_dir)
     shutil.rmtree(bench_dir, ignore_errors=True)
     store = Store(bench_dir)
     try:
@@ -57,7 +58,7 @@ def main(args) -> int:
     cfg = load_config(args.config, {"inference.backend": args.backend, "model.dir": args.model_dir})
     source = open_source(args.source, cfg.capture)
     source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
-    bundle = load_bundle(cfg)
+    bundle = load_bundle(cfg, args.data_dir)
     try:
         out = bench(cfg, bundle, source, args.data_dir, args.frames)
     finally:

@@ -4,7 +4,7 @@ Prints ``{"image": PATH, "label": NAME, "probs": {NAME: P, ...}}`` per line.
 
 The cell is typed as the kiosk would type it: the detector finds the cell
 nearest the image's centre and the classifier sees the kiosk's square around it
-(``edge_app.framing``); an image in which no cell is found is classified whole.
+(``edge_app.imaging.framing``); an image in which no cell is found is classified whole.
 ``--as-given`` classifies every image whole, as ``classify`` did until the
 val splits chose the kiosk's framing (models/MODEL_CARD.md, "classify frames
 the cell").
@@ -12,8 +12,8 @@ the cell").
 
 from __future__ import annotations
 
-from edge_app import framing
 from edge_app.commands._images import add_image_args, for_each_image, load_bundle
+from edge_app.imaging import framing
 
 
 def add_parser(sub):

@@ -6,8 +6,8 @@ Prints ``{"image": PATH, "cells": [{"box": [x1, y1, x2, y2], "label": NAME,
 
 from __future__ import annotations
 
-from edge_app import preprocess
 from edge_app.commands._images import add_image_args, for_each_image, load_bundle
+from edge_app.imaging import preprocess
 
 
 def add_parser(sub):

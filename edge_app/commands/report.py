@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from edge_app import paths
 from edge_app.store import Store
 
 logger = logging.getLogger(__name__)
@@ -23,15 +24,15 @@ def add_parser(sub):
 
 def main(args) -> int:
     from edge_app.config import load_config
-    from edge_app.report import write_report
+    from edge_app.session.report import write_report
 
     cfg = load_config(args.config)  # a bad config is said (by cli) before anything is written
 
-    db = args.data_dir / "wbc.sqlite3"
+    db = paths.db_path(args.data_dir)
     if not db.is_file():
         print(f"wbc-counter report: error: no database at {db} (pass the --data-dir used by 'run')", file=sys.stderr)
         return 2
-    out_dir = args.out or (args.data_dir / "reports")
+    out_dir = args.out or paths.reports_dir(args.data_dir)
     with Store(args.data_dir) as store:
         try:
             text, png, page = write_report(store, args.session, out_dir, cfg.tally.ci_method)

@@ -48,10 +48,10 @@ def add_source_args(p) -> None:
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
 
 
-def load_bundle(cfg):
-    from edge_app.inference import ModelBundle
+def load_bundle(cfg, data_dir):
+    from edge_app.model.bundle import ModelBundle
 
-    return ModelBundle.from_config(cfg)
+    return ModelBundle.from_config(cfg, data_dir)
 
 
 def write_summary(path: str, payload: dict) -> None:
@@ -64,7 +64,7 @@ def write_summary(path: str, payload: dict) -> None:
 
 
 def main(args) -> int:
-    from edge_app.runner import LiveRun
+    from edge_app.session.runner import LiveRun
 
     overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "tally.target": args.target,
                  "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
@@ -83,7 +83,7 @@ def main(args) -> int:
         if not (source.live and cfg.capture.wait_for_camera):
             raise
         logger.warning("%s; waiting for it (the screen says so)", exc)
-    bundle = load_bundle(cfg)
+    bundle = load_bundle(cfg, args.data_dir)
     store = Store(args.data_dir)
     sink = recorder = None
     try:

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from edge_app import paths
 from edge_app.config import load_config
 from edge_app.selftest import DEFAULT_CAMERA, record, record_started, run_selftest
 from edge_app.store import Store, StoreError
@@ -101,8 +102,8 @@ def _models_root(cfg, args):
     d = Path(cfg.model.dir) if cfg.model.dir else None
     if d is not None and d.name == ACTIVE:
         return d.parent
-    return Path(args.data_dir) / "models"
+    return paths.installed_models_dir(args.data_dir)
 
 
 def _engine_dir(cfg, args):
-    return Path(cfg.inference.engine_dir) if cfg.inference.engine_dir else Path(args.data_dir) / "engines"
+    return paths.engine_dir(cfg.inference.engine_dir, args.data_dir)

@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
+from edge_app import paths
 from edge_app.config import load_config
 from edge_app.selftest import DEFAULT_CAMERA, last_result
 from edge_app.store import DB_NAME, Store
@@ -40,10 +41,10 @@ def add_parser(sub):
 def _engine_info(cfg, manifest, backend: str, data_dir: Path) -> dict:
     out = {}
     if backend == "tensorrt":
-        from edge_app import engine_cache
+        from edge_app.backends import engine_cache
         from edge_app.backends import tensorrt as trt_backend
 
-        engine_dir = Path(cfg.inference.engine_dir) if cfg.inference.engine_dir else data_dir / "engines"
+        engine_dir = paths.engine_dir(cfg.inference.engine_dir, data_dir)
         for net in ("detector", "classifier"):
             plan = trt_backend.plan_engine(manifest, net, cfg.inference.precision, engine_dir)
             state = engine_cache.check(engine_dir, plan.key, verify_hash=False)
@@ -76,7 +77,7 @@ def _camera(uri: str, store: Store | None) -> dict:
 
 def collect(cfg, data_dir: Path, camera: str) -> dict:
     from edge_app.backends import BackendError, resolve_backend_name
-    from edge_app.inference import Manifest
+    from edge_app.model.bundle import Manifest
 
     status: dict = {"backend": None, "model_version": None, "engine": None, "camera": None, "selftest": None,
                     "last_sync": None, "outbox": None, "outbox_depth": None, "disk_free_mb": None,

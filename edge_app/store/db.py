@@ -18,9 +18,11 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from edge_app import paths
+
 logger = logging.getLogger(__name__)
 
-DB_NAME = "wbc.sqlite3"
+DB_NAME = paths.DB_NAME
 
 
 class StoreError(RuntimeError):

@@ -1,0 +1,375 @@
+"""The shipped model at run time: manifest, detector and classifier.
+
+``ModelBundle`` reads ``models/manifest.json``, checks every file against its
+sha256 (a corrupted model is refused with a message, never run), and builds
+the detector and classifier on the chosen backend. ``Detector`` and
+``Classifier`` wrap a backend with the shared preprocessing and the output
+decoding, so CLI verbs, the live pipeline and the self-test use one path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_app import paths
+from edge_app.backends import Backend, BackendError, resolve_backend_name
+from edge_app.imaging import boxrefine, preprocess
+from edge_app.labels import CLASSES
+
+logger = logging.getLogger(__name__)
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    dir: Path
+    data: dict
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None) -> "Manifest":
+        d = Path(model_dir) if model_dir else paths.shipped_models_dir()
+        path = d / "manifest.json"
+        if not path.is_file():
+            raise BackendError(f"no model manifest at {path} (point [model] dir at a folder with manifest.json)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BackendError(f"model manifest {path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or tuple(data.get("classes", ())) != CLASSES:
+            got = data.get("classes") if isinstance(data, dict) else None
+            raise BackendError(f"model manifest classes {got} differ from this app's {list(CLASSES)}")
+        problem = _manifest_problem(data)
+        if problem:
+            raise BackendError(f"model manifest {path} is incomplete: {problem} (reinstall the model folder "
+                               "from the release)")
+        return cls(d, data)
+
+    @property
+    def version(self) -> str:
+        return str(self.data.get("version", "unknown"))
+
+    def entry(self, net: str) -> dict:
+        return self.data["models"][net]
+
+    def file(self, net: str, kind: str, verify: bool = True) -> Path:
+        entry = self.entry(net)
+        name = entry["files"].get(kind)
+        if not name:
+            raise BackendError(f"manifest has no '{kind}' file for the {net}")
+        path = self.dir / name
+        if not path.is_file():
+            raise BackendError(f"model file missing: {path} (restore models/ from the release)")
+        if verify:
+            expected = entry["sha256"][name]
+            actual = sha256_file(path)
+            if actual != expected:
+                raise BackendError(f"model file {path} is corrupt or was replaced: sha256 {actual[:12]}… "
+                                   f"!= manifest {expected[:12]}… (reinstall the model folder)")
+        return path
+
+    def output_shapes(self, net: str) -> list[tuple[int, ...]]:
+        return [tuple(o["shape"]) for o in self.entry(net)["outputs"]]
+
+    @property
+    def tta_views(self) -> int:
+        """Test-time views the classifier was validated with (1 for manifests before 1.1)."""
+        return int(self.entry("classifier").get("tta_views", 1))
+
+    @property
+    def stain_norm(self) -> bool:
+        """Whether the classifier was trained on stain-density-referenced crops (absent = no)."""
+        return bool(self.entry("classifier").get("preprocess", {}).get("stain_norm", False))
+
+
+def _manifest_problem(data: dict) -> str | None:
+    """What a manifest lacks that the runtime reads, or None: checked once at load so a
+    hand-edited or truncated manifest is one clear message, not a KeyError mid-run."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return "no 'models' table"
+    for net in ("detector", "classifier"):
+        entry = models.get(net)
+        if not isinstance(entry, dict):
+            return f"no '{net}' entry under 'models'"
+        for key, kind in (("files", dict), ("sha256", dict), ("outputs", list), ("input", dict)):
+            if not isinstance(entry.get(key), kind):
+                return f"models.{net}.{key} is missing or not a {kind.__name__}"
+        missing = sorted(set(entry["files"].values()) - set(entry["sha256"]))
+        if missing:
+            return f"models.{net}.sha256 has no hash for {', '.join(missing)}"
+        if not all(isinstance(o, dict) and isinstance(o.get("shape"), list) for o in entry["outputs"]):
+            return f"models.{net}.outputs lack a 'shape'"
+        if not isinstance(entry["input"].get("shape"), list):
+            return f"models.{net}.input has no 'shape'"
+    if not isinstance(models["detector"].get("stride"), int):
+        return "models.detector.stride is missing or not a whole number"
+    return None
+
+
+def create_backend(manifest: Manifest, net: str, backend: str = "auto", precision: str = "int8",
+                   threads: int = 2, engine_dir: str | Path | None = None) -> Backend:
+    """One backend for one network of the bundle."""
+    name = resolve_backend_name(backend)
+    if name == "tflite":
+        from edge_app.backends.tflite import TFLiteBackend
+        kind = "tflite_int8" if precision == "int8" else "tflite_fp32"
+        return TFLiteBackend(manifest.file(net, kind), manifest.output_shapes(net), threads=threads)
+    if engine_dir is None:
+        raise BackendError("the TensorRT backend needs an engine folder (edge_app.paths.engine_dir)")
+    from edge_app.backends.tensorrt import TensorRTBackend
+    return TensorRTBackend.from_manifest(manifest, net, precision=precision, engine_dir=engine_dir)
+
+
+@dataclass
+class Detection:
+    box: np.ndarray  # x1, y1, x2, y2 in frame pixels (float32)
+    score: float
+
+
+@dataclass
+class Classification:
+    probs: np.ndarray  # (len(CLASSES),) float32, sums to 1
+    attention: np.ndarray = field(repr=False, default=None)  # (h, w) float32 in 0..1
+
+    @property
+    def label(self) -> str:
+        return CLASSES[int(np.argmax(self.probs))]
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probs))
+
+    def probs_dict(self) -> dict[str, float]:
+        return {c: round(float(p), 4) for c, p in zip(CLASSES, self.probs)}
+
+
+class Detector:
+    """Whole frame -> leukocyte boxes (CenterNet-style heatmap + ltrb distances).
+
+    With ``flip`` the frame is also run mirrored left-right and the two
+    heatmaps and box distances are averaged before decoding (one more backend
+    call per frame; chosen on the val frames, see models/EVALUATION.md).
+
+    ``box_scale`` is a per-camera calibration: every box is scaled about its
+    centre by it, in frame pixels, before anything downstream (tracking, the
+    tally, the crop the classifier sees, the display) uses it. A camera whose
+    cells the network boxes too large gets a factor below 1, fitted on that
+    camera's training frames (``scripts.training.box_fit``).
+
+    ``refine`` (off unless a device's calibration turns it on) then tightens
+    each box to the stained cell it contains (``edge_app.imaging.boxrefine``).
+    """
+
+    def __init__(self, backend: Backend, stride: int, threshold: float = 0.35, nms_iou: float = 0.4,
+                 flip: bool = False, vote: bool = True, box_scale: float = 1.0, refine: bool = False):
+        self.backend = backend
+        self.stride = stride
+        self.threshold = threshold
+        self.nms_iou = nms_iou
+        self.flip = flip
+        self.vote = vote
+        self.box_scale = box_scale
+        self.refine = refine
+
+    @classmethod
+    def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
+                     flip: bool | None = None, box_scale: float = 1.0, refine: bool = False) -> "Detector":
+        """The detector as its manifest says it was validated (stride, mirrored second pass, box vote;
+        manifests before ``box_vote`` was recorded all voted)."""
+        entry = manifest.entry("detector")
+        flip = bool(entry.get("tta_flip", False)) if flip is None else flip
+        return cls(backend, int(entry["stride"]), threshold, flip=flip, vote=bool(entry.get("box_vote", True)),
+                   box_scale=box_scale, refine=refine)
+
+    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network input -> (H, W) heatmap and (H, W, 4) ltrb, mirror-averaged when ``flip``."""
+        heat, ltrb = self.backend.infer(x)
+        heat, ltrb = heat[0, ..., 0], ltrb[0]
+        if self.flip:
+            hf, lf = self.backend.infer(np.ascontiguousarray(x[:, :, ::-1]))
+            # mirror back: columns reverse and left/right distances swap
+            heat = (heat + hf[0, :, ::-1, 0]) / 2
+            ltrb = (ltrb + lf[0, :, ::-1][..., [2, 1, 0, 3]]) / 2
+        return heat, ltrb
+
+    def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
+                 threshold: float | None = None) -> list[Detection]:
+        """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own)."""
+        if self.refine and background is None:  # estimated once: the network input and the refinement share it
+            background = preprocess.estimate_background(frame_rgb)
+        x, lb = preprocess.detector_input(frame_rgb, background)
+        heat, ltrb = self.raw(x)
+        thr = self.threshold if threshold is None else threshold
+        boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
+        if not len(boxes):
+            return []
+        boxes = scale_boxes(lb.to_frame(boxes), self.box_scale)
+        h, w = frame_rgb.shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+        if self.refine:
+            boxes = boxrefine.refine_boxes(frame_rgb, boxes, background=background)
+        return [Detection(b, float(s)) for b, s in zip(boxes, scores)]
+
+
+# Test-time views of a crop: a cell has no "up", so the dihedral group of the
+# square is free extra evidence. Ordered so that every prefix of length 1, 2, 4
+# and 8 is a group (identity; + 180 degrees; + both mirrors; + the 90 degree turns).
+VIEWS = (
+    lambda x: x,
+    lambda x: x[:, ::-1, ::-1],
+    lambda x: x[:, :, ::-1],
+    lambda x: x[:, ::-1, :],
+    lambda x: np.rot90(x, 1, axes=(1, 2)),
+    lambda x: np.rot90(x, 3, axes=(1, 2)),
+    lambda x: x.transpose(0, 2, 1, 3),
+    lambda x: x[:, ::-1, ::-1].transpose(0, 2, 1, 3),
+)
+TTA_CHOICES = (1, 2, 4, 8)
+
+
+class Classifier:
+    """Cell crop -> class probabilities + last CBAM spatial-attention map.
+
+    With ``views`` > 1 the probabilities are the mean over that many rotations
+    and mirrors of the crop (one backend call each, batch 1, so the same engine
+    serves both); the attention map is always that of the crop as seen.
+    """
+
+    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False):
+        if views not in TTA_CHOICES:
+            raise BackendError(f"classifier views must be one of {TTA_CHOICES}, not {views}")
+        self.backend = backend
+        self.views = views
+        self.stain_norm = stain_norm
+
+    @classmethod
+    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None) -> "Classifier":
+        """The classifier as its manifest says it was validated (views, preprocessing)."""
+        return cls(backend, views or manifest.tta_views, manifest.stain_norm)
+
+    def __call__(self, crop_rgb: np.ndarray) -> Classification:
+        x = preprocess.classifier_input(crop_rgb, stain_norm=self.stain_norm)
+        total, attention = None, None
+        for view in VIEWS[:self.views]:
+            probs, att = self.backend.infer(np.ascontiguousarray(view(x)))
+            p = np.clip(probs[0].astype(np.float32), 0, None)
+            p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
+            total = p if total is None else total + p
+            if attention is None:
+                attention = att[0, ..., 0]
+        return Classification(total / self.views, attention)
+
+
+def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
+                      nms_iou: float, vote: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of the (H, W) heatmap above threshold -> boxes in network pixels.
+
+    With ``vote`` each peak's box is the heat-weighted mean of the boxes
+    regressed at the peak and its 8 neighbours: training regresses a box at
+    every cell near a cell's centre, so the neighbours are extra votes (val
+    AP50 on TXL-PBC +1.0, models/EVALUATION.md); without it, the peak's own box.
+    """
+    h, w = heat.shape
+    padded = np.pad(heat, 1, constant_values=-1.0)
+    # 3x3 local maximum without scipy: compare against the 8 neighbours.
+    neigh = np.max(np.stack([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)
+                             if not (dy == 1 and dx == 1)]), axis=0)
+    ys, xs = np.nonzero((heat >= neigh) & (heat >= threshold))
+    if not len(ys):
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    scores = heat[ys, xs]
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx, cy = (gx + 0.5) * stride, (gy + 0.5) * stride
+    d = ltrb.astype(np.float32) * stride
+    cell_boxes = np.pad(np.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1),
+                        ((1, 1), (1, 1), (0, 0)))
+    if vote:
+        weights = np.pad(np.clip(heat, 0, None), 1)  # outside the grid: weight 0
+        acc = np.zeros((len(ys), 4), np.float32)
+        wsum = np.zeros((len(ys), 1), np.float32)
+        for dy in range(3):
+            for dx in range(3):
+                wt = weights[ys + dy, xs + dx][:, None]
+                acc += wt * cell_boxes[ys + dy, xs + dx]
+                wsum += wt
+        boxes = (acc / np.maximum(wsum, 1e-6)).astype(np.float32)
+    else:  # the peak cell's own box (+1: cell_boxes is padded)
+        boxes = cell_boxes[ys + 1, xs + 1].astype(np.float32)
+    keep = nms(boxes, scores, nms_iou)
+    return boxes[keep], scores[keep].astype(np.float32)
+
+
+def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
+    """(N, 4) x1, y1, x2, y2 boxes with both sides scaled by ``factor`` about their centres."""
+    if factor == 1.0:
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    return np.concatenate([centre - half, centre + half], axis=1).astype(boxes.dtype)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    while len(order):
+        i = order[0]
+        keep.append(int(i))
+        if len(order) == 1:
+            break
+        rest = order[1:]
+        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+        ious = inter / np.maximum(area(boxes[i]) + area(boxes[rest]) - inter, 1e-6)
+        order = rest[ious < iou]
+    return keep
+
+
+class ModelBundle:
+    """Detector + classifier of one manifest on one backend."""
+
+    def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
+                 threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
+                 tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0,
+                 box_refine: bool = False):
+        self.manifest = Manifest.load(model_dir)
+        self.backend_name = resolve_backend_name(backend)
+        self.precision = precision
+        det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
+        cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
+        self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip, box_scale,
+                                              box_refine)
+        self.classifier = Classifier.for_manifest(cls_backend, self.manifest, tta_views)
+
+    @classmethod
+    def from_config(cls, cfg, data_dir: str | Path) -> "ModelBundle":
+        """The bundle an ``AppConfig`` asks for (every verb builds it this way)."""
+        return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
+                   threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
+                   engine_dir=paths.engine_dir(cfg.inference.engine_dir, data_dir), tta_views=cfg.model.tta_views,
+                   detector_flip=cfg.model.detector_flip, box_scale=cfg.model.box_scale,
+                   box_refine=cfg.model.box_refine)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def close(self) -> None:
+        self.detector.backend.close()
+        self.classifier.backend.close()

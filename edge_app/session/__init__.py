@@ -1,0 +1,1 @@
+"""One count: the per-frame pipeline, the live run (open, resume, finalise) and its report."""

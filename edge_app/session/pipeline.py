@@ -1,0 +1,311 @@
+"""The live loop: frame -> quality -> motion -> detect -> track -> classify -> tally -> log.
+
+One direction, no back-and-forth (see DESIGN-NOTES): the capture thread
+decodes, this loop does the per-frame work, the store writer thread commits,
+and a committed cell comes back to update the tally. ``Pipeline.step`` does one
+frame and is what ``run`` and ``bench`` both call, so the benchmark measures
+the product's own path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_app.config import ConfigError
+from edge_app.counting.tally import Tally
+from edge_app.counting.tracker import Track, Tracker, suppress_contained
+from edge_app.imaging import preprocess
+from edge_app.imaging.motion import StageMotion
+from edge_app.imaging.quality import FrameQuality, QualityGate, grey_small
+from edge_app.labels import CLASSES, FIVE_PART, OTHER
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect", "classify", "track", "tally", "log")
+
+
+class StageTimes:
+    """Per-frame milliseconds of each stage, for ``bench`` and the HUD."""
+
+    def __init__(self):
+        self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
+
+    def add(self, stage: str, ms: float) -> None:
+        self.ms[stage].append(ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for s in STAGES:
+            v = np.asarray(self.ms[s] or [0.0])
+            out[s] = {"p50_ms": round(float(np.percentile(v, 50)), 3), "p95_ms": round(float(np.percentile(v, 95)), 3)}
+        return out
+
+
+@dataclass
+class ReviewItem:
+    cell_id: int
+    label: str
+    confidence: float
+    flagged: bool
+    crop: np.ndarray | None = field(default=None, repr=False)
+    attention: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class FrameState:
+    """What the display needs about the frame just processed."""
+
+    image: np.ndarray
+    index: int
+    quality: FrameQuality
+    tracks: list[Track]
+    counting: bool
+    message: str = ""
+
+
+class Pipeline:
+    """Per-frame processing of one session. Not thread-safe: one loop drives it."""
+
+    def __init__(self, bundle, writer, tally: Tally, session_id: str, cfg, operator: str | None = None,
+                 frames_done: int = 0):
+        self.bundle = bundle
+        self.writer = writer
+        self.tally = tally
+        self.session_id = session_id
+        self.cfg = cfg
+        self.operator = operator
+        self.gate = QualityGate(cfg.quality)
+        self.motion = StageMotion(analysis_width=cfg.tracking.motion_width)
+        self.tracker = Tracker(cfg.tracking)
+        self.review_threshold = cfg.model.review_threshold
+        self.times = StageTimes()
+        self.frames = frames_done  # cumulative over the session (resume included)
+        self.frames_this_run = 0
+        self.pending_five = 0  # five-part cells queued but not yet committed
+        self.pending_total = 0
+        self.review: list[ReviewItem] = []
+        self.last_cell_id: int | None = None
+        self.events: list[str] = []
+        self.selected: int | None = None  # cell id the technician is correcting
+        self.stop_counting = False
+        self.paused_frames = 0  # frames not counted on (focus, exposure)
+        # Per-device blank-field correction, if this kiosk has been calibrated.
+        self.flat = None
+        if cfg.capture.flat_field:
+            try:
+                self.flat = preprocess.FlatField.load(cfg.capture.flat_field)
+            except ValueError as exc:
+                raise ConfigError(f"capture.flat_field: {exc}") from None
+
+    # -- the hot path -------------------------------------------------------
+    def step(self, frame) -> FrameState:
+        img = frame.image if self.flat is None else self.flat.apply(frame.image)
+        h, w = img.shape[:2]
+        self.times.add("decode", frame.decode_ms)
+
+        t0 = time.perf_counter()
+        grey = grey_small(img)
+        quality = self.gate.assess(img, grey)
+        self.motion.update(grey, w)
+        t_track = (time.perf_counter() - t0) * 1000
+
+        counting = quality.ok and not self.stop_counting and not self.target_pending_reached
+        self.paused_frames += not quality.ok
+        det_ms = cls_ms = log_ms = 0.0
+        if counting:
+            t0 = time.perf_counter()
+            dets = self.bundle.detector(img)
+            det_ms = (time.perf_counter() - t0) * 1000
+
+            t0 = time.perf_counter()
+            boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
+            scores = [d.score for d in dets]
+            keep = suppress_contained(boxes, scores)
+            matches = self.tracker.update(boxes[keep], [scores[i] for i in keep], self.motion.origin, frame.index,
+                                          (w, h))
+            t_track += (time.perf_counter() - t0) * 1000
+
+            t0 = time.perf_counter()
+            for m in matches:
+                if self.tracker.wants_vote(m):
+                    crop = preprocess.cell_crop(img, m.box)
+                    c = self.bundle.classifier(crop)
+                    m.track.add_vote(c.probs, m.quality, crop, c.attention, m.box, frame.index)
+            cls_ms = (time.perf_counter() - t0) * 1000
+
+            t0 = time.perf_counter()
+            ready = self.tracker.ready(frame.index)
+            t_track += (time.perf_counter() - t0) * 1000
+
+            t0 = time.perf_counter()
+            for track in ready:
+                self._count(track)
+            log_ms = (time.perf_counter() - t0) * 1000
+
+        self.times.add("detect", det_ms)
+        self.times.add("classify", cls_ms)
+        self.times.add("track", t_track)
+        t0 = time.perf_counter()
+        self.apply_commits()
+        self.times.add("tally", (time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        self.frames += 1
+        self.frames_this_run += 1
+        if self.frames % 30 == 0:
+            self.writer.submit("frames", session_id=self.session_id, frames=self.frames)
+        self.times.add("log", log_ms + (time.perf_counter() - t0) * 1000)
+        return FrameState(img, frame.index, quality, self.tracker.visible(frame.index), counting,
+                          "" if quality.ok else quality.reason)
+
+    @property
+    def target_pending_reached(self) -> bool:
+        """Stop queuing cells once committed + queued five-part cells reach the target."""
+        return self.tally.total + self.pending_five >= self.tally.target
+
+    def _count(self, track: Track) -> None:
+        if self.target_pending_reached:
+            return
+        probs = track.probs
+        label = CLASSES[int(np.argmax(probs))]
+        conf = float(np.max(probs))
+        track.counted = True
+        box = track.best_box if track.best_box is not None else track.box
+        self.pending_total += 1
+        if label != OTHER:
+            self.pending_five += 1
+        self.writer.submit(
+            "cell", track, session_id=self.session_id, label=label,
+            probs={c: round(float(p), 4) for c, p in zip(CLASSES, probs)}, confidence=round(conf, 4),
+            box=box, slide_xy=(float(track.center[0]), float(track.center[1])),
+            frame_index=track.best_frame if track.best_frame is not None else track.last_frame,
+            track_id=track.id, flagged=conf < self.review_threshold, crop_rgb=track.best_crop)
+
+    def flush(self) -> None:
+        """Source ended: count every confirmed track still waiting for votes."""
+        for track in self.tracker.flush():
+            self._count(track)
+
+    # -- commits coming back from the writer ---------------------------------
+    def apply_commits(self) -> list:
+        done = self.writer.done()
+        for d in done:
+            if d.kind == "cell":
+                track: Track = d.tag
+                track.cell_id = d.value
+                self.pending_total -= 1
+                if d.args["label"] != OTHER:
+                    self.pending_five -= 1
+                self.tally.add(d.value, d.args["label"], d.args["confidence"], d.args["flagged"])
+                self.last_cell_id = d.value
+                self._remember(ReviewItem(d.value, d.args["label"], d.args["confidence"], d.args["flagged"],
+                                          track.best_crop, track.best_attention))
+                logger.debug("counted cell %d (%s), five-part total %d", d.value, d.args["label"], self.tally.total)
+            elif d.kind == "manual":
+                self.tally.add(d.value, d.args["label"], None, False, "manual")
+                self.tally.corrections += 1
+                self.last_cell_id = d.value
+                self._event(f"added {d.args['label']} by hand (cell {d.value})")
+            elif d.kind == "reclassify":
+                self.tally.relabel(d.value, d.args["to_label"])
+                self.tally.corrections += 1
+                for item in self.review:
+                    if item.cell_id == d.value:
+                        item.label, item.flagged = d.args["to_label"], False
+                self._event(f"cell {d.value} -> {d.args['to_label']}")
+            elif d.kind == "undo":
+                self._undo_applied(d.value)
+            elif d.kind == "error":
+                self.stop_counting = True
+                self._event("DATABASE WRITE FAILED: counting stopped")
+        return done
+
+    def _undo_applied(self, row: dict | None) -> None:
+        if row is None:
+            self._event("nothing to undo")
+            return
+        self.tally.corrections += 1
+        if row["action"] == "reclassify":
+            self.tally.relabel(row["cell_id"], row["from_label"])
+            for item in self.review:
+                if item.cell_id == row["cell_id"]:
+                    item.label = row["from_label"]
+            self._event(f"undo: cell {row['cell_id']} back to {row['from_label']}")
+        elif row["action"] == "add":
+            self.tally.remove(row["cell_id"])
+            self._event(f"undo: removed hand-added cell {row['cell_id']}")
+
+    def _remember(self, item: ReviewItem, keep: int = 40) -> None:
+        # The review strip shows flagged cells and the least confident ones;
+        # keep crops only for those (and the latest) to bound memory.
+        self.review.append(item)
+        if len(self.review) > keep:
+            latest = self.review[-1]
+            ranked = sorted(self.review[:-1], key=lambda r: (not r.flagged, r.confidence or 1.0))[:keep - 1]
+            self.review = ranked + [latest]
+
+    def _event(self, text: str) -> None:
+        logger.info("%s", text)
+        self.events = (self.events + [text])[-4:]
+
+    # -- corrections (keys) -----------------------------------------------------
+    def review_strip(self, n: int) -> list[ReviewItem]:
+        items = [r for r in self.review if r.cell_id in self.tally.cells]
+        return sorted(items, key=lambda r: (not r.flagged, r.confidence if r.confidence is not None else 1.0))[:n]
+
+    def add_manual(self, label: str) -> None:
+        self.writer.submit("manual", session_id=self.session_id, label=label, operator=self.operator,
+                           frame_index=self.frames)
+
+    def reclassify(self, cell_id: int | None, label: str) -> None:
+        if cell_id is None or cell_id not in self.tally.cells:
+            self._event("no cell selected to reclassify")
+            return
+        self.writer.submit("reclassify", session_id=self.session_id, cell_id=cell_id, to_label=label,
+                           operator=self.operator)
+
+    def undo(self) -> None:
+        self.writer.submit("undo", session_id=self.session_id, operator=self.operator)
+
+    def select_next_flagged(self, n: int = 6) -> None:
+        strip = self.review_strip(n)
+        if not strip:
+            self.selected = None
+            return
+        ids = [r.cell_id for r in strip]
+        self.selected = ids[(ids.index(self.selected) + 1) % len(ids)] if self.selected in ids else ids[0]
+
+    def handle_key(self, key: str, state: dict) -> bool:
+        """Manual-counter keys; returns False when the technician wants to finish.
+
+        1-5 add a neutrophil/lymphocyte/monocyte/eosinophil/basophil by hand, 6 an
+        "other"; r then 1-6 reclassifies the selected cell (default: the last one
+        counted); Tab/n selects the next flagged cell; u undoes the last
+        correction; q or Esc finishes the session.
+        """
+        keys = {str(i + 1): c for i, c in enumerate(CLASSES)}
+        if key in ("q", "\x1b"):
+            return False
+        if state.get("reclassify"):
+            state["reclassify"] = False
+            if key in keys:
+                self.reclassify(self.selected if self.selected is not None else self.last_cell_id, keys[key])
+            return True
+        if key in keys:
+            self.add_manual(keys[key])
+        elif key == "r":
+            state["reclassify"] = True
+            target = self.selected if self.selected is not None else self.last_cell_id
+            self._event(f"reclassify cell {target}: press 1-6" if target else "no cell to reclassify yet")
+        elif key in ("\t", "n"):
+            self.select_next_flagged()
+        elif key == "u":
+            self.undo()
+        return True
+
+    def status_text(self) -> str:
+        d = self.tally.differential()
+        return " ".join(f"{k[:4]} {d[k]['count']}" for k in FIVE_PART) + f" | total {self.tally.total}"

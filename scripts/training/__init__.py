@@ -1,0 +1,1 @@
+"""The release path: data, splits, augmentation, networks, training, export, quantisation, evaluation."""
