@@ -1,7 +1,7 @@
 """Box refinement (``edge_app.imaging.boxrefine``, ``[model] box_refine``) on real Chula frames.
 
 The case it exists for is L-8's small lymphocytes boxed too large on unseen
-slides (``models/training/plan_boxrefine.md``): labelled boxes grown 1.35x,
+slides (``scripts/research/protocols/plan_boxrefine.md``): labelled boxes grown 1.35x,
 as the detector boxes them there, must come back closer to the label, and
 never grow.
 """

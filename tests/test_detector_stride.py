@@ -79,7 +79,7 @@ def test_relative_l1_costs_a_small_box_what_it_costs_a_big_one():
 @pytest.mark.parametrize("name, per_object, relative", [("cell", False, False), ("object", True, True),
                                                          ("object_stride", True, False)])
 def test_box_loss_names_choose_the_mask_weights_and_the_l1_units(name, per_object, relative):
-    # 'cell' is the shipped default and must stay the shipped loss; 'object_stride' (session 22) takes
+    # 'cell' is the shipped default and must stay the shipped loss; 'object_stride' (a study) takes
     # the per-object weights of 'object' with the shipped L1 in strides
     args = train.parse_args(["detector", "--out", "x"] + (["--box-loss", name] if name != "cell" else []))
     assert args.box_loss == name

@@ -1,9 +1,9 @@
 """The splits keep copies of one image together (scripts/training/splits.py, scripts/training/dedup.py).
 
-Session 18 found copies in different splits: Chula's test slide HF-M-8 is
+The datasets hold copies in different splits: Chula's test slide HF-M-8 is
 train slide M-8 mirrored, TXL-PBC holds resized, mirrored and rotated copies of
 BCCD test frames in its train folder, and PBC and Raabin hold a few photos
-twice. Session 19 gave each group of copies one split. Needs ../shared/datasets
+twice. The splits give each group of copies one split. Needs ../shared/datasets
 (CI has it beside the clone).
 """
 
@@ -78,7 +78,7 @@ def test_a_txl_pbc_copy_of_a_pbc_test_photo_is_held_out_with_it():
     pbc_test = [g for g in groups if g["split"] == "test"
                 and any(m["source"] == "pbc" and m["was"] == "test" for m in g["members"])
                 and any(m["source"] == "txl_pbc" and m["was"] == "train" for m in g["members"])]
-    assert len(pbc_test) >= 40  # 51 when found (session 19)
+    assert len(pbc_test) >= 40  # 51 when the grouping was made
     for g in pbc_test:
         for m in g["members"]:
             assert split_of(m["source"], m["key"]) == "test"

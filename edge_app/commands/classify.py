@@ -5,9 +5,7 @@ Prints ``{"image": PATH, "label": NAME, "probs": {NAME: P, ...}}`` per line.
 The cell is typed as the kiosk would type it: the detector finds the cell
 nearest the image's centre and the classifier sees the kiosk's square around it
 (``edge_app.imaging.framing``); an image in which no cell is found is classified whole.
-``--as-given`` classifies every image whole, as ``classify`` did until the
-val splits chose the kiosk's framing (models/MODEL_CARD.md, "classify frames
-the cell").
+``--as-given`` classifies every image whole.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Tighten a detected leukocyte box to the stained cell the image shows.
 
 The detector regresses box sides from a 16-pixel grid and, on slides it has
-not seen, boxes small cells too large (``models/training/fold_study_s22.md``:
-median side ratio 1.22-1.35 on Chula's small lymphocytes). A leukocyte is the
+not seen, can box small cells too large. A leukocyte is the
 one object in a smear that absorbs both red and green light strongly (its
 nucleus and basophilic cytoplasm), so inside each box the cell can be
 segmented from the background-normalised optical density without a network.
@@ -17,8 +16,7 @@ The refinement is deliberately conservative:
   network gave it.
 
 All sizes are relative to the box, so the same settings hold at any camera
-resolution. Parameters were fitted on training frames only
-(``models/training/plan_boxrefine.md``).
+resolution. Parameters were fitted on training frames only.
 """
 
 from __future__ import annotations

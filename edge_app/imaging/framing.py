@@ -7,7 +7,7 @@ single-cell photo from an analyser or a dataset is framed by its own camera
 (a PBC cell fills about 40% of its photo). ``wbc-counter classify`` and the
 evaluation therefore find the photographed cell with the detector and hand the
 classifier the kiosk's square around it, so that a photo is typed as the kiosk
-would type that cell (models/MODEL_CARD.md, "classify frames the cell").
+would type that cell.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ scaling each channel until that background is a fixed grey removes most of the
 camera's colour cast before the network sees the image.
 
 Why stain-density referencing (classifier crops; selected per model by its
-manifest, not used by the shipped models 1.1.0 to 1.3.0, see models/MODEL_CARD.md): cameras and
+manifest's ``stain_norm``): cameras and
 stains also differ in *contrast*. In optical density (OD, Beer-Lambert) the
 darkest part of a leukocyte crop (its nucleus or granules) sits near OD 3.7
 on PBC but near 1.1 on the pale, defocused Chula camera. Scaling the crop's OD

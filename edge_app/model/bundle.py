@@ -279,8 +279,8 @@ def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold
 
     With ``vote`` each peak's box is the heat-weighted mean of the boxes
     regressed at the peak and its 8 neighbours: training regresses a box at
-    every cell near a cell's centre, so the neighbours are extra votes (val
-    AP50 on TXL-PBC +1.0, models/EVALUATION.md); without it, the peak's own box.
+    every cell near a cell's centre, so the neighbours are extra votes; without
+    it, the peak's own box.
     """
     h, w = heat.shape
     padded = np.pad(heat, 1, constant_values=-1.0)

@@ -1,6 +1,6 @@
 """The live loop: frame -> quality -> motion -> detect -> track -> classify -> tally -> log.
 
-One direction, no back-and-forth (see DESIGN-NOTES): the capture thread
+One direction, no back-and-forth: the capture thread
 decodes, this loop does the per-frame work, the store writer thread commits,
 and a committed cell comes back to update the tally. ``Pipeline.step`` does one
 frame and is what ``run`` and ``bench`` both call, so the benchmark measures

@@ -115,7 +115,7 @@ def amplitude_mix(img: np.ndarray, style: np.ndarray, rng: np.random.Generator, 
 
 
 # Zoom range and shift (fraction of the side) of a training crop: about how far
-# a detector's box strays from the annotated one (MODEL_CARD.md).
+# a detector's box strays from the annotated one (scripts/research/README.md).
 CROP_SCALE = (0.85, 1.2)
 CROP_SHIFT = 0.06
 

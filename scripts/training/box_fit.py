@@ -13,7 +13,7 @@ unless asked).
 
 Each train row also carries ``suggested_box_scale``: 1 / that median ratio,
 the per-camera ``[model] box_scale`` a device with that camera would be set
-to (``models/training/plan_boxscale.md`` says when one is adopted).
+to (``scripts/research/protocols/plan_boxscale.md`` says when one is adopted).
 ``--box-scale CAMERA=FACTOR`` scores a camera's frames with boxes so scaled.
 
 A site fits its own camera from a few labelled frames of it, without the

@@ -44,7 +44,7 @@ PBC_TO_CLASS = {"ig": "other", "erythroblast": "other", "platelet": "other"}
 SOURCES = ("pbc", "raabin", "tecom", "chula", "bccd", "txl_pbc")
 SPLITS = ("train", "val", "test")
 # 2: crop keys of frame sources are "<frame>#<n>" (n-th WBC box), splits follow
-# scripts/training/split_groups.json and the Chula mirror rule (session 19).
+# scripts/training/split_groups.json and the Chula mirror rule.
 CACHE_VERSION = 2
 SAME_CELL_IOU = 0.7
 

@@ -3,7 +3,7 @@
     python -m scripts.training.dedup            # writes scripts/training/split_groups.json (committed)
 
 The datasets hold the same field or cell more than once (../shared/datasets
-README, "Leakage"; found in session 18): TXL-PBC re-annotates BCCD frames at
+README, "Leakage"): TXL-PBC re-annotates BCCD frames at
 640x480 and again resized to 416x416, some of them mirrored or rotated;
 TXL-PBC repeats its own frames across its folders and re-annotates PBC and
 Raabin photos; PBC and Raabin hold a few photos twice. A split rule that works image by image cannot see that, so this

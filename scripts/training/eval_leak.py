@@ -1,4 +1,4 @@
-"""How much the copies in the old splits flattered a detector (session 19 study).
+"""How much the copies in the old splits flattered a detector (a study; scripts/research/README.md).
 
     python -m scripts.training.eval_leak                   # the detector in models/ (det2 until 1.7.0)
 

@@ -384,7 +384,8 @@ def eval_end_to_end(det_runners, clf_runners, items, threshold: float) -> dict:
     return res
 
 
-# Per-camera device calibrations validated with the shipped model (models/training/plan_chula_calibration.md):
+# Per-camera device calibrations validated with the shipped model
+# (scripts/research/protocols/plan_chula_calibration.md):
 # what a device with that camera sets in its [model] table. The shipped defaults stay 1.0 / off.
 CAMERA_CALIBRATIONS = {"chula": {"box_scale": 0.89, "box_refine": True}}
 

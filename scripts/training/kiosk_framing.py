@@ -6,7 +6,7 @@ detector box's longest side around each detected cell
 The single-cell datasets are framed by their own cameras: a PBC cell fills
 about 40% of its photo, a Raabin cell about 55%. A classifier trained and
 scored only on the photos as stored therefore meets, in the kiosk, a framing
-it was never trained or measured on (MODEL_CARD.md, "Changes from 1.4.0: kiosk framing").
+it was never trained or measured on (CHANGELOG.md, 1.5.0).
 
 This module runs the shipped detector on every crop-dataset photo of the
 classifier cache and keeps the kiosk's square around the detected cell nearest

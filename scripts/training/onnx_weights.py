@@ -3,7 +3,7 @@
     python -m scripts.training.onnx_weights models/classifier.onnx --members 2  # max |torch - ORT| on parity crops
 
 Why: a shipped network whose PyTorch checkpoint is gone (1.6.0's classifier,
-trained in session 12, whose ``runs/`` did not survive) can still be exported
+whose training checkpoint was not kept) can still be exported
 again, for instance as a member of ``scripts.training.wbcnet.Ensemble``, because its
 ONNX file holds every weight. The exporter folded each BatchNorm into the
 convolution before it, so each such convolution gets the folded weight and its

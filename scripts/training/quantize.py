@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 CALIB = ROOT / "calibration"
 # How each output channel's int8 weight grid is set (ai-edge-quantizer algorithm keys). Only
-# "minmax" ships; "octav" was measured and not adopted (models/training/selection_rule_requant.md).
+# "minmax" ships; "octav" was measured and not adopted (scripts/research/protocols/selection_rule_requant.md).
 # MSE is not offered: with this quantiser it leaves 22 ops in float, so the model is not full-integer.
 WEIGHT_ALGORITHMS = {"minmax": "min_max_uniform_quantize", "octav": "OCTAV"}
 

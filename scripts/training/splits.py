@@ -33,7 +33,7 @@ DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 CHULA_TEST_SLIDES = frozenset({"B-53", "E-13", "E-14", "L-5B", "L-5Bb", "N-1B"})
 CHULA_VAL_SLIDES = frozenset({"B-42", "E-8"})
-# HF-M-8 is M-8 flipped left-right (session 18: HF-M-8_0037 matches M-8_0037
+# HF-M-8 is M-8 flipped left-right (HF-M-8_0037 matches M-8_0037
 # mirrored within 2 grey levels); it was a test slide until 1.7.0.
 CHULA_MIRRORS = {"HF-M-8": "M-8"}
 GROUPS_FILE = Path(__file__).resolve().parent / "split_groups.json"

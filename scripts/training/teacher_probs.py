@@ -11,7 +11,7 @@ The file is small (float16, compressed) and is what makes the distilled
 student's run reproducible on a 2-core CPU without the GPU that trained the
 teacher (``scripts/training/train.py --teacher``).
 
-Files from before session 19 keyed a crop cut from a frame by the frame's name,
+Older files keyed a crop cut from a frame by the frame's name,
 which repeats when a frame holds two cells (7 Chula frames, some BCCD ones), so
 training gave both cells the second cell's target. ``--rekey OLD NEW`` renames
 those keys ``<frame>#<n>`` (``scripts.training.data.crop_key``) without the teacher: the

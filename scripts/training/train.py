@@ -132,7 +132,7 @@ class CropSet(Dataset):
     it, as they happen in the field (the camera forms the image, then the kiosk
     cuts and resizes the cell). Applied after the zoom, a framed PBC photo's
     noise grain is about 1.9 times finer than the kiosk ever sees
-    (MODEL_CARD.md, "Noise and the kiosk's framing").
+    (scripts/research/README.md).
 
     ``noise_at_source``: only the sensor noise is drawn on the photo's pixels
     and warped with the crop's zoom (``augment.training_view``); everything
@@ -286,7 +286,7 @@ def teacher_targets(path: Path, keys: np.ndarray, left_out: str | None = None) -
         probs = z["probs"].astype(np.float32)
         trained_on = set(z["trained_on"]) if "trained_on" in z.files else None
     if len(index) != len(probs):
-        raise SystemExit(f"{path}: its crop keys repeat (a file from before session 19): re-key it with "
+        raise SystemExit(f"{path}: its crop keys repeat (an older file): re-key it with "
                          "python -m scripts.training.teacher_probs --rekey")
     if left_out and (trained_on is None or left_out in trained_on):
         # A teacher that saw the left-out source would leak it into a leave-one-source-out run.
@@ -703,7 +703,7 @@ def disable_background_normalisation() -> None:
     preprocess.normalise_background = lambda img, background=None: img.astype(np.float32)
 
 DEFAULTS = {
-    # shipped configuration: chosen by val accuracy vs 2-core CPU latency (see models/MODEL_CARD.md)
+    # shipped configuration: chosen by val accuracy vs 2-core CPU latency (scripts/research/README.md)
     "classifier": dict(width=0.5, epochs=40, epoch_size=12800, batch=64, lr=3e-3, ema=0.999,
                        crop_scale=augment.CROP_SCALE, crop_shift=augment.CROP_SHIFT, kiosk_framing=0.5,
                        photometric_first=0.0, noise_at_source=True),
@@ -765,13 +765,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--keep-visible", type=float,
                     help="detector: a cell cut by the zoom window stays a target while this share of its box is inside")
     ap.add_argument("--stride", type=int, choices=Detector.STRIDES,
-                    help="detector: output grid stride in input pixels (16: shipped; 8: tried in session 13)")
+                    help="detector: output grid stride in input pixels (16: shipped; 8: tried, not adopted)")
     ap.add_argument("--mosaic", type=float, metavar="SHARE",
                     help="detector: share of training frames zoomed out by tiling shrunken frames of the same "
-                         "camera (0: shipped; tried in session 14)")
+                         "camera (0: shipped; tried, not adopted)")
     ap.add_argument("--select-by", choices=("ap50", "ap50_75"),
                     help="detector: the val figure that picks the checkpoint, per camera then averaged "
-                         "(ap50: shipped; ap50_75: the mean of AP50 and AP75, tried in session 14)")
+                         "(ap50: shipped; ap50_75: the mean of AP50 and AP75, tried, not adopted)")
     ap.add_argument("--box-loss", choices=tuple(BOX_LOSSES),
                     help="detector: 'cell' weighs every regressed grid cell the same, L1 in strides (shipped); "
                          "'object' weighs every labelled cell the same, L1 relative to its box; "
