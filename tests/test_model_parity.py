@@ -42,8 +42,10 @@ def _inputs(kind: str) -> list[np.ndarray]:
 
 
 def _reference(kind: str) -> list[np.ndarray]:
+    """The stored PyTorch outputs (the classifier's embedding outputs were added to the graphs after
+    export and are checked against the ONNX graph's own head in ``test_classifier_embedding``)."""
     with np.load(MODELS / "parity" / f"{kind}_torch.npz") as z:
-        names = [o["name"] for o in Manifest.load(MODELS).entry(kind)["outputs"]]
+        names = [o["name"] for o in Manifest.load(MODELS).entry(kind)["outputs"] if o["name"] in z.files]
         return [z[n] for n in names]
 
 
@@ -55,7 +57,8 @@ def _onnx(path: Path):
 
 
 def _tflite(manifest: Manifest, kind: str, precision: str):
-    backend = TFLiteBackend(manifest.file(kind, f"tflite_{precision}"), manifest.output_shapes(kind))
+    backend = TFLiteBackend(manifest.file(kind, f"tflite_{precision}"), manifest.output_shapes(kind),
+                            output_names=manifest.output_names(kind))
     return backend.infer
 
 
@@ -123,3 +126,35 @@ def test_manifest_hashes_and_shapes(manifest):
         for out, spec in zip(model.graph.output, entry["outputs"]):
             assert [d.dim_value for d in out.type.tensor_type.shape.dim] == spec["shape"]
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 13
+
+
+def _embeddings(fn) -> np.ndarray:
+    """(crops, D): each parity crop's ``embedding_*`` outputs concatenated (outputs 2.. in manifest order)."""
+    return np.stack([np.concatenate([np.asarray(o)[0] for o in fn(x)[2:]]) for x in _inputs("classifier")])
+
+
+def test_classifier_embedding(manifest):
+    """The embedding outputs are the pooled features the shipped head reads: the ONNX graph's own linear
+    layers and softmaxes on them give its probabilities; the other three runtimes output the same vector."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    names = manifest.output_names("classifier")
+    assert names[:2] == ["probs", "attention"] and all(n.startswith("embedding_") for n in names[2:])
+    path = manifest.file("classifier", "onnx")
+    ref = _embeddings(_onnx(path))
+    assert ref.shape[1] == sum(manifest.entry("classifier")["outputs"][i]["shape"][1] for i in range(2, len(names)))
+    init = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    probs = _run(_onnx(path), "classifier")[0]
+    dims = np.cumsum([0] + [manifest.entry("classifier")["outputs"][i]["shape"][1] for i in range(2, len(names))])
+    mean = 0
+    for m in range(len(names) - 2):
+        z = ref[:, dims[m]:dims[m + 1]] @ init[f"members.{m}.net.fc.weight"].T + init[f"members.{m}.net.fc.bias"]
+        z = np.exp(z - z.max(1, keepdims=True))
+        mean = mean + z / z.sum(1, keepdims=True)
+    assert np.abs(mean / (len(names) - 2) - probs).max() <= 1e-5
+    assert np.abs(_embeddings(_tflite(manifest, "classifier", "fp32")) - ref).max() <= FP32_TOL
+    for fn in (_tflite(manifest, "classifier", "int8"), _onnx(manifest.file("classifier", "onnx_qdq"))):
+        got = _embeddings(fn)
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() >= 0.9  # int8 activations: the direction survives, which is what a linear head reads

@@ -36,7 +36,7 @@ class TFLiteBackend(Backend):
     name = "tflite"
 
     def __init__(self, model_path: str | Path, output_shapes: list[tuple[int, ...]] | None = None,
-                 threads: int = 2):
+                 threads: int = 2, output_names: list[str] | None = None):
         if _Interpreter is None:
             raise BackendError("no TFLite runtime installed: pip install ai-edge-litert "
                                "(or tflite-runtime on older images)")
@@ -55,8 +55,8 @@ class TFLiteBackend(Backend):
         self._in_q = inp["quantization"]
         self._spec = TensorSpec(inp["name"], tuple(int(v) for v in inp["shape"]))
         outs = self._interp.get_output_details()
-        # Converters rename outputs; match the manifest order by shape.
-        self._outs = _order_outputs(outs, output_shapes)
+        # Converters rename outputs; match the manifest order by name where the file keeps it, else by shape.
+        self._outs = _order_outputs(outs, output_shapes, output_names)
         self.int8 = self._in_dtype == np.int8
         logger.debug("loaded %s via %s (%s input, %d threads)", path.name, RUNTIME,
                      np.dtype(self._in_dtype).name, threads)
@@ -89,12 +89,20 @@ class TFLiteBackend(Backend):
         self._interp = None
 
 
-def _order_outputs(outs: list[dict], shapes: list[tuple[int, ...]] | None) -> list[dict]:
+def _order_outputs(outs: list[dict], shapes: list[tuple[int, ...]] | None,
+                   names: list[str] | None = None) -> list[dict]:
+    """The file's outputs in manifest order. A name the file carries is matched by name (the embedding
+    outputs are several tensors of one shape); the others by shape, first come first served."""
     if not shapes:
         return list(outs)
-    remaining = list(outs)
+    names = list(names or [None] * len(shapes))
+    by_name = {d["name"]: d for d in outs}
+    remaining = [d for d in outs if d["name"] not in set(names)]
     ordered = []
-    for shape in shapes:
+    for shape, name in zip(shapes, names):
+        if name in by_name:
+            ordered.append(by_name[name])
+            continue
         match = next((d for d in remaining if tuple(int(v) for v in d["shape"]) == tuple(shape)), None)
         if match is None:
             raise BackendError(f"model has no output of shape {tuple(shape)} "

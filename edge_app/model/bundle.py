@@ -82,6 +82,14 @@ class Manifest:
     def output_shapes(self, net: str) -> list[tuple[int, ...]]:
         return [tuple(o["shape"]) for o in self.entry(net)["outputs"]]
 
+    def output_names(self, net: str) -> list[str]:
+        return [str(o.get("name", "")) for o in self.entry(net)["outputs"]]
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the classifier outputs its pooled features (``embedding_*``, which a site profile reads)."""
+        return any(n.startswith("embedding_") for n in self.output_names("classifier"))
+
     @property
     def tta_views(self) -> int:
         """Test-time views the classifier was validated with (1 for manifests before 1.1)."""
@@ -125,7 +133,8 @@ def create_backend(manifest: Manifest, net: str, backend: str = "auto", precisio
     if name == "tflite":
         from edge_app.backends.tflite import TFLiteBackend
         kind = "tflite_int8" if precision == "int8" else "tflite_fp32"
-        return TFLiteBackend(manifest.file(net, kind), manifest.output_shapes(net), threads=threads)
+        return TFLiteBackend(manifest.file(net, kind), manifest.output_shapes(net), threads=threads,
+                             output_names=manifest.output_names(net))
     if engine_dir is None:
         raise BackendError("the TensorRT backend needs an engine folder (edge_app.paths.engine_dir)")
     from edge_app.backends.tensorrt import TensorRTBackend

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from edge_app.imaging import preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
 from edge_app.model.bundle import sha256_file as sha256  # noqa: E402  (the runtime's own manifest check)
-from scripts.training import onnx_weights  # noqa: E402
+from scripts.training import embedding_outputs, onnx_weights  # noqa: E402
 from scripts.training.quantize import CALIB, calibration_inputs, quantize_tflite  # noqa: E402
 from scripts.training.wbcnet import Classifier, Deployable, Detector, Ensemble  # noqa: E402
 
@@ -289,12 +289,18 @@ def main(argv=None) -> int:
         export_onnx(model, kind, out / files["onnx"])
         export_qdq(out / files["onnx"], kind, out / files["onnx_qdq"], calib)
         export_tflite(model, kind, out / files["tflite_fp32"], out / files["tflite_int8"], calib)
+        extra = []
+        if kind == "classifier":  # the pooled features a site profile reads (edge_app.site), in every file
+            for k, name in files.items():
+                (embedding_outputs.add_onnx if k.startswith("onnx") else embedding_outputs.add_tflite)(out / name)
+            extra = [{"name": f"{embedding_outputs.PREFIX}{i}", "shape": [1, d]}
+                     for i, d in enumerate(embedding_outputs.embedding_dims(out / files["onnx"]))]
         fact = facts[kind]
         inputs, outputs = NAMES[kind]
         entries[kind] = {
             "input": {"name": inputs[0], "shape": list(input_shape(kind)), "dtype": "float32", "layout": "NHWC",
                       "range": "RGB 0..255 after edge_app.imaging.preprocess (background-referenced)"},
-            "outputs": [{"name": n, "shape": s} for n, s in zip(outputs, output_shapes(model, kind))],
+            "outputs": [{"name": n, "shape": s} for n, s in zip(outputs, output_shapes(model, kind))] + extra,
             "files": files,
             "sha256": {f: sha256(out / f) for f in files.values()},
             "width_multiplier": fact["width"],
