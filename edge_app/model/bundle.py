@@ -90,6 +90,14 @@ class Manifest:
         """Whether the classifier outputs its pooled features (``embedding_*``, which a site profile reads)."""
         return any(n.startswith("embedding_") for n in self.output_names("classifier"))
 
+    def output_names(self, net: str) -> list[str]:
+        return [str(o.get("name", "")) for o in self.entry(net)["outputs"]]
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the classifier outputs its pooled features (``embedding_*``, which a site profile reads)."""
+        return any(n.startswith("embedding_") for n in self.output_names("classifier"))
+
     @property
     def tta_views(self) -> int:
         """Test-time views the classifier was validated with (1 for manifests before 1.1)."""
@@ -151,6 +159,10 @@ class Detection:
 class Classification:
     probs: np.ndarray  # (len(CLASSES),) float32, sums to 1
     attention: np.ndarray = field(repr=False, default=None)  # (h, w) float32 in 0..1
+    # (D,) float32: the members' pooled features, concatenated, mean over the views; None for a model without them
+    embedding: np.ndarray | None = field(repr=False, default=None)
+    # the network's own probabilities when a site profile mixed its head in (``probs`` is then the mix)
+    shipped_probs: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def label(self) -> str:
@@ -257,29 +269,36 @@ class Classifier:
     serves both); the attention map is always that of the crop as seen.
     """
 
-    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False):
+    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False, site=None):
         if views not in TTA_CHOICES:
             raise BackendError(f"classifier views must be one of {TTA_CHOICES}, not {views}")
         self.backend = backend
         self.views = views
         self.stain_norm = stain_norm
+        self.site = site  # an edge_app.site.SiteHead mixed into every result, or None (the network alone)
 
     @classmethod
-    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None) -> "Classifier":
+    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None,
+                     site=None) -> "Classifier":
         """The classifier as its manifest says it was validated (views, preprocessing)."""
-        return cls(backend, views or manifest.tta_views, manifest.stain_norm)
+        return cls(backend, views or manifest.tta_views, manifest.stain_norm, site)
 
     def __call__(self, crop_rgb: np.ndarray) -> Classification:
         x = preprocess.classifier_input(crop_rgb, stain_norm=self.stain_norm)
-        total, attention = None, None
+        total, attention, embedding = None, None, None
         for view in VIEWS[:self.views]:
-            probs, att = self.backend.infer(np.ascontiguousarray(view(x)))
+            probs, att, *emb = self.backend.infer(np.ascontiguousarray(view(x)))
             p = np.clip(probs[0].astype(np.float32), 0, None)
             p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
             total = p if total is None else total + p
+            if emb:  # pooled features of each member: a rotated cell has the same ones, so the views average
+                e = np.concatenate([o.reshape(-1) for o in emb]).astype(np.float32)
+                embedding = e if embedding is None else embedding + e
             if attention is None:
                 attention = att[0, ..., 0]
-        return Classification(total / self.views, attention)
+        result = Classification(total / self.views, attention,
+                                None if embedding is None else embedding / self.views)
+        return result if self.site is None else self.site.apply(result)
 
 
 def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
