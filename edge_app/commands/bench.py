@@ -5,6 +5,15 @@ track, classify, tally, durable log) into a throw-away database under
 ``<data-dir>/bench/`` (removed afterwards), then prints one JSON object as its
 last line: ``{"fps", "frames", "backend", "stages": {stage: {"p50_ms", "p95_ms"}}}``.
 fps is end to end: frames processed / wall time of the loop.
+
+Added beside those keys: ``cpu`` (model and SIMD features), ``precision``,
+``threads``, ``detector_flip`` and ``tta_views`` in force, ``stage_detail``
+(every stage separately: decode, flat field, quality, motion, detect's
+preprocess / network / decode, classify and its network part, track, tally,
+log; p50, p95 and mean per frame) and ``per_frame_ms``: end-to-end time per
+frame (1000 / fps) beside the networks' own time per frame (mean over every
+frame) and their ratio, so the overhead around the networks can be read on any
+machine.
 """
 
 from __future__ import annotations
@@ -14,10 +23,11 @@ import logging
 import shutil
 import sys
 
-from edge_app import paths
+from edge_app import cpuinfo, paths
 from edge_app.capture import open_source
 from edge_app.commands.run import add_source_args, load_bundle
 from edge_app.config import load_config
+from edge_app.session.runlock import RunLock
 from edge_app.store import Store
 
 logger = logging.getLogger(__name__)
@@ -31,7 +41,14 @@ def add_parser(sub):
 
 
 def bench(cfg, bundle, source, data_dir, frames: int) -> dict:
-    """Run the live loop headless for ``frames`` frames; the bench JSON object."""
+    """Run the live loop headless for ``frames`` frames; the bench JSON object. Holds the data dir's
+    counter lock (``RunLock``): a second bench would delete this one's database, a bench beside a
+    counting kiosk would slow it down and measure nothing true."""
+    with RunLock(data_dir):
+        return _bench(cfg, bundle, source, data_dir, frames)
+
+
+def _bench(cfg, bundle, source, data_dir, frames: int) -> dict:
     from edge_app.session.runner import LiveRun
 
     bench_dir = paths.bench_dir(data_dir)
@@ -47,8 +64,18 @@ def bench(cfg, bundle, source, data_dir, frames: int) -> dict:
         shutil.rmtree(bench_dir, ignore_errors=True)
     if result.reason == "error":
         return {"error": result.error}
+    times = result.pipeline.times
+    e2e = 1000.0 / result.fps if result.fps > 0 else 0.0
+    network = times.mean("network")
     return {"fps": round(result.fps, 2), "frames": result.pipeline.frames_this_run, "backend": bundle.backend_name,
-            "stages": result.pipeline.times.summary()}
+            "stages": times.summary(),
+            "cpu": cpuinfo.cpu(), "precision": getattr(bundle, "precision", None),
+            "threads": cfg.inference.threads,
+            "detector_flip": bool(getattr(bundle.detector, "flip", False)),
+            "tta_views": int(getattr(bundle.classifier, "views", 1)),
+            "per_frame_ms": {"end_to_end": round(e2e, 3), "network": round(network, 3),
+                             "ratio": round(e2e / network, 3) if network > 0 else None},
+            "stage_detail": times.detail()}
 
 
 def main(args) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,14 +91,6 @@ class Manifest:
         """Whether the classifier outputs its pooled features (``embedding_*``, which a site profile reads)."""
         return any(n.startswith("embedding_") for n in self.output_names("classifier"))
 
-    def output_names(self, net: str) -> list[str]:
-        return [str(o.get("name", "")) for o in self.entry(net)["outputs"]]
-
-    @property
-    def has_embedding(self) -> bool:
-        """Whether the classifier outputs its pooled features (``embedding_*``, which a site profile reads)."""
-        return any(n.startswith("embedding_") for n in self.output_names("classifier"))
-
     @property
     def tta_views(self) -> int:
         """Test-time views the classifier was validated with (1 for manifests before 1.1)."""
@@ -159,10 +152,6 @@ class Detection:
 class Classification:
     probs: np.ndarray  # (len(CLASSES),) float32, sums to 1
     attention: np.ndarray = field(repr=False, default=None)  # (h, w) float32 in 0..1
-    # (D,) float32: the members' pooled features, concatenated, mean over the views; None for a model without them
-    embedding: np.ndarray | None = field(repr=False, default=None)
-    # the network's own probabilities when a site profile mixed its head in (``probs`` is then the mix)
-    shipped_probs: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def label(self) -> str:
@@ -203,6 +192,8 @@ class Detector:
         self.vote = vote
         self.box_scale = box_scale
         self.refine = refine
+        # Milliseconds of the last call's parts (bench and the HUD read them).
+        self.last_ms = {"preprocess": 0.0, "network": 0.0, "decode": 0.0}
 
     @classmethod
     def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
@@ -216,22 +207,38 @@ class Detector:
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network input -> (H, W) heatmap and (H, W, 4) ltrb, mirror-averaged when ``flip``."""
+        t0 = time.perf_counter()
         heat, ltrb = self.backend.infer(x)
+        network = time.perf_counter() - t0
         heat, ltrb = heat[0, ..., 0], ltrb[0]
         if self.flip:
-            hf, lf = self.backend.infer(np.ascontiguousarray(x[:, :, ::-1]))
+            xf = np.ascontiguousarray(x[:, :, ::-1])
+            t0 = time.perf_counter()
+            hf, lf = self.backend.infer(xf)
+            network += time.perf_counter() - t0
             # mirror back: columns reverse and left/right distances swap
             heat = (heat + hf[0, :, ::-1, 0]) / 2
             ltrb = (ltrb + lf[0, :, ::-1][..., [2, 1, 0, 3]]) / 2
+        self.last_ms["network"] = network * 1000
         return heat, ltrb
 
     def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
                  threshold: float | None = None) -> list[Detection]:
         """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own)."""
+        t0 = time.perf_counter()
         if self.refine and background is None:  # estimated once: the network input and the refinement share it
             background = preprocess.estimate_background(frame_rgb)
         x, lb = preprocess.detector_input(frame_rgb, background)
+        t1 = time.perf_counter()
         heat, ltrb = self.raw(x)
+        t2 = time.perf_counter()
+        self.last_ms["preprocess"] = (t1 - t0) * 1000
+        try:
+            return self._decode(frame_rgb, heat, ltrb, lb, background, threshold)
+        finally:
+            self.last_ms["decode"] = (time.perf_counter() - t2) * 1000 + (t2 - t1) * 1000 - self.last_ms["network"]
+
+    def _decode(self, frame_rgb, heat, ltrb, lb, background, threshold) -> list[Detection]:
         thr = self.threshold if threshold is None else threshold
         boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
         if not len(boxes):
@@ -269,36 +276,35 @@ class Classifier:
     serves both); the attention map is always that of the crop as seen.
     """
 
-    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False, site=None):
+    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False):
         if views not in TTA_CHOICES:
             raise BackendError(f"classifier views must be one of {TTA_CHOICES}, not {views}")
         self.backend = backend
         self.views = views
         self.stain_norm = stain_norm
-        self.site = site  # an edge_app.site.SiteHead mixed into every result, or None (the network alone)
+        self.last_network_ms = 0.0  # the backend's own time in the last call (all views)
 
     @classmethod
-    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None,
-                     site=None) -> "Classifier":
+    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None) -> "Classifier":
         """The classifier as its manifest says it was validated (views, preprocessing)."""
-        return cls(backend, views or manifest.tta_views, manifest.stain_norm, site)
+        return cls(backend, views or manifest.tta_views, manifest.stain_norm)
 
     def __call__(self, crop_rgb: np.ndarray) -> Classification:
         x = preprocess.classifier_input(crop_rgb, stain_norm=self.stain_norm)
-        total, attention, embedding = None, None, None
+        total, attention = None, None
+        network = 0.0
         for view in VIEWS[:self.views]:
-            probs, att, *emb = self.backend.infer(np.ascontiguousarray(view(x)))
+            xv = np.ascontiguousarray(view(x))
+            t0 = time.perf_counter()
+            probs, att = self.backend.infer(xv)[:2]  # probabilities and attention (any embedding after)
+            network += time.perf_counter() - t0
             p = np.clip(probs[0].astype(np.float32), 0, None)
             p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
             total = p if total is None else total + p
-            if emb:  # pooled features of each member: a rotated cell has the same ones, so the views average
-                e = np.concatenate([o.reshape(-1) for o in emb]).astype(np.float32)
-                embedding = e if embedding is None else embedding + e
             if attention is None:
                 attention = att[0, ..., 0]
-        result = Classification(total / self.views, attention,
-                                None if embedding is None else embedding / self.views)
-        return result if self.site is None else self.site.apply(result)
+        self.last_network_ms = network * 1000
+        return Classification(total / self.views, attention)
 
 
 def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
