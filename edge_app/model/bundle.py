@@ -152,6 +152,10 @@ class Detection:
 class Classification:
     probs: np.ndarray  # (len(CLASSES),) float32, sums to 1
     attention: np.ndarray = field(repr=False, default=None)  # (h, w) float32 in 0..1
+    # (D,) float32: the members' pooled features, concatenated, mean over the views; None for a model without them
+    embedding: np.ndarray | None = field(repr=False, default=None)
+    # the network's own probabilities when a site profile mixed its head in (``probs`` is then the mix)
+    shipped_probs: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def label(self) -> str:
@@ -276,35 +280,42 @@ class Classifier:
     serves both); the attention map is always that of the crop as seen.
     """
 
-    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False):
+    def __init__(self, backend: Backend, views: int = 1, stain_norm: bool = False, site=None):
         if views not in TTA_CHOICES:
             raise BackendError(f"classifier views must be one of {TTA_CHOICES}, not {views}")
         self.backend = backend
         self.views = views
         self.stain_norm = stain_norm
+        self.site = site  # an edge_app.site.SiteHead mixed into every result, or None (the network alone)
         self.last_network_ms = 0.0  # the backend's own time in the last call (all views)
 
     @classmethod
-    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None) -> "Classifier":
+    def for_manifest(cls, backend: Backend, manifest: "Manifest", views: int | None = None,
+                     site=None) -> "Classifier":
         """The classifier as its manifest says it was validated (views, preprocessing)."""
-        return cls(backend, views or manifest.tta_views, manifest.stain_norm)
+        return cls(backend, views or manifest.tta_views, manifest.stain_norm, site)
 
     def __call__(self, crop_rgb: np.ndarray) -> Classification:
         x = preprocess.classifier_input(crop_rgb, stain_norm=self.stain_norm)
-        total, attention = None, None
+        total, attention, embedding = None, None, None
         network = 0.0
         for view in VIEWS[:self.views]:
             xv = np.ascontiguousarray(view(x))
             t0 = time.perf_counter()
-            probs, att = self.backend.infer(xv)[:2]  # probabilities and attention (any embedding after)
+            probs, att, *emb = self.backend.infer(xv)
             network += time.perf_counter() - t0
             p = np.clip(probs[0].astype(np.float32), 0, None)
             p = p / p.sum() if p.sum() > 0 else np.full_like(p, 1.0 / len(p))
             total = p if total is None else total + p
+            if emb:  # pooled features of each member: a rotated cell has the same ones, so the views average
+                e = np.concatenate([o.reshape(-1) for o in emb]).astype(np.float32)
+                embedding = e if embedding is None else embedding + e
             if attention is None:
                 attention = att[0, ..., 0]
         self.last_network_ms = network * 1000
-        return Classification(total / self.views, attention)
+        result = Classification(total / self.views, attention,
+                                None if embedding is None else embedding / self.views)
+        return result if self.site is None else self.site.apply(result)
 
 
 def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
