@@ -4,6 +4,9 @@ Each verb lives in ``edge_app/commands/<verb>.py`` with ``add_parser(sub)``
 and ``main(args) -> int``; this module only wires them up, adds the options
 every verb shares (``--data-dir``, ``--config``, ``-v``) and turns the
 product's own errors (config, model, store, camera/source) into one clear line on stderr instead of a traceback.
+Whatever a verb did not handle (a damaged database, a full disk, a refused path, a bug) is mapped here, in
+``explain``, to a line that says what to do; ``-v`` logs the traceback for service. The process umask is
+set first, so every file the product creates is 0640 and every folder 0750.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
-from edge_app import __version__, paths
+from edge_app import __version__, fsutil, paths
+from edge_app.textsafe import for_terminal, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +53,50 @@ def main(argv: list[str] | None = None) -> int:
     from edge_app.logsetup import setup_logging
     from edge_app.store import StoreError
 
+    # Files and folders made from here on are 0640 / 0750 (systemd units set the same UMask=).
+    os.umask(fsutil.UMASK)
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     args.data_dir = paths.data_dir(args.data_dir)
     try:
         return int(args._main(args) or 0)
     except (ConfigError, BackendError, StoreError, CaptureError) as exc:
-        print(f"wbc-counter {args.verb}: error: {exc}", file=sys.stderr)
+        print(for_terminal(f"wbc-counter {args.verb}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wbc-counter {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place every verb's unexpected failure becomes a message
+        print(for_terminal(f"wbc-counter {args.verb}: error: {explain(exc, args.data_dir)}"), file=sys.stderr)
+        logger.debug("%s failed", args.verb, exc_info=True)
+        return 2
+
+
+def explain(exc: BaseException, data_dir: Path) -> str:
+    """One line for a failure no verb handled itself: what happened and what to do."""
+    import sqlite3
+
+    from edge_app.store import db
+
+    if db.is_disk_full(exc):
+        return fsutil.disk_full_message(data_dir)
+    if fsutil.is_disk_full(exc):
+        where = Path(exc.filename).parent if getattr(exc, "filename", None) else data_dir
+        return fsutil.disk_full_message(where)
+    if db.is_damaged(exc):
+        return db.damaged_message(paths.db_path(data_dir), exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return (f"the database in {data_dir} stayed locked by another wbc-counter process: try again in a "
+                "minute")
+    if isinstance(exc, fsutil.UnsafePathError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc} (run as the kiosk user, or check the folder's owner)"
+    if isinstance(exc, OSError):
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        return f"{what} (check the path and free space in {data_dir})"
+    return (f"internal error {type(exc).__name__}: {one_line(exc)} (please report it to service; "
+            "-v shows the details)")
 
 
 if __name__ == "__main__":

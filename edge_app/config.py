@@ -137,7 +137,8 @@ class FhirConfig(_Strict):
     url: Optional[str] = None
     token_file: Optional[str] = None
     verify_tls: bool = True
-    timeout_s: float = Field(10.0, gt=0)
+    # Seconds per HTTP request; bounded (a socket cannot wait "inf" and a sync unit runs at most 10 min).
+    timeout_s: float = Field(10.0, gt=0, le=600)
     identifier_system: str = "urn:wbc-counter:result"
     attach_gallery: bool = False
 
@@ -146,13 +147,14 @@ class LisConfig(_Strict):
     port: Optional[str] = None
     baudrate: int = Field(9600, gt=0)
     hl7: Optional[str] = None
-    timeout_s: float = Field(15.0, gt=0)
+    timeout_s: float = Field(15.0, gt=0, le=600)  # bounded like [fhir] timeout_s
     retries: int = Field(6, ge=0)
 
 
 class SyncConfig(_Strict):
-    max_backoff_s: float = Field(3600.0, gt=0)
-    base_backoff_s: float = Field(5.0, gt=0)
+    # Bounded: a retry time must stay a date (a week at most between attempts).
+    max_backoff_s: float = Field(3600.0, gt=0, le=7 * 86400)
+    base_backoff_s: float = Field(5.0, gt=0, le=86400)
 
 
 class KioskConfig(_Strict):

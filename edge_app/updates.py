@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_app.backends import BackendError, engine_cache
+from edge_app.fsutil import DIR_MODE, UnsafePathError, refuse_symlink, safe_name
 from edge_app.model.bundle import Manifest
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,16 @@ def install_version(src: str | Path, root: str | Path) -> str:
         for kind in manifest.entry(net)["files"]:
             manifest.file(net, kind, verify=True)  # never install a damaged release
     version = manifest.version
-    if version in (ACTIVE, PREVIOUS) or "/" in version or version.startswith("."):
-        raise UpdateError(f"model version '{version}' cannot be used as a folder name")
+    try:
+        safe_name(version, "model version")
+        plain = version not in (ACTIVE, PREVIOUS)
+    except UnsafePathError:
+        plain = False
+    if not plain:
+        raise UpdateError(f"model version '{version}' cannot be used as a folder name (use a plain name such "
+                          "as 2024.09.0)")
     dest = root / version
+    refuse_symlink(dest, "model folder")  # a planted link would send the copy outside the models folder
     if dest.is_dir():
         if (dest / "manifest.json").read_bytes() != (src / "manifest.json").read_bytes():
             raise UpdateError(f"model version {version} is already installed with different files; "
@@ -115,8 +123,10 @@ def install_version(src: str | Path, root: str | Path) -> str:
         return version
     root.mkdir(parents=True, exist_ok=True)
     partial = root / f".{version}.partial"
+    if partial.is_symlink():  # left by someone else: drop the link itself, never what it points at
+        partial.unlink()
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial.mkdir(mode=DIR_MODE)
     files = {"manifest.json"} | {n for net in ("detector", "classifier") for n in manifest.entry(net)["files"].values()}
     for name in sorted(files):
         shutil.copy2(src / name, partial / name)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from edge_app import fsutil
 from edge_app.backends.base import BackendError
 from edge_app.imaging import preprocess
 
@@ -163,10 +163,8 @@ class _CalibratorLogic:
 
     def write_calibration_cache(self, cache, *rest) -> None:
         data = bytes(cache)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(self.cache_path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.cache_path)
+        fsutil.make_dirs(self.cache_path.parent)
+        fsutil.atomic_write(self.cache_path, data, what="calibration cache")  # temp file + rename, no link followed
         self.cache_written = True
         logger.info("calibration cache written: %s (%d bytes, %d images)", self.cache_path.name, len(data),
                     self.batches_served)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge_app import fsutil
 from edge_app.model.bundle import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -139,19 +139,15 @@ def check(engine_dir: str | Path, key: EngineKey, verify_hash: bool = True) -> C
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    # Write-then-rename: a power cut mid-build leaves the old file or none, never half an engine.
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # Write-then-rename (fsutil: O_EXCL temp file in the folder, no planted link followed): a power cut
+    # mid-build leaves the old file or none, never half an engine.
+    fsutil.atomic_write(path, data, what="engine cache file")
 
 
 def save(engine_dir: str | Path, key: EngineKey, blob: bytes, extra: dict | None = None) -> CacheState:
     """Store a freshly built engine and its sidecar; returns its (ok) state."""
     d = Path(engine_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    fsutil.make_dirs(d)
     path = engine_path(d, key)
     # The sidecar goes first and names the engine's hash, so a crash between
     # the two writes leaves a mismatch that ``check`` reports as stale.

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from edge_app import paths
+from edge_app import fsutil, paths
 from edge_app.store import Store
+from edge_app.textsafe import for_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,14 @@ def main(args) -> int:
     out_dir = args.out or paths.reports_dir(args.data_dir)
     with Store(args.data_dir) as store:
         try:
+            if not args.out:  # the default folder is the data dir's: a link must not lead the write elsewhere
+                fsutil.ensure_inside(args.data_dir, out_dir, "the reports folder")
             text, png, page = write_report(store, args.session, out_dir, cfg.tally.ci_method)
         except OSError as exc:
-            print(f"wbc-counter report: error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
+            why = fsutil.disk_full_message(out_dir) if fsutil.is_disk_full(exc) else exc
+            print(f"wbc-counter report: error: cannot write the report to {out_dir}: {why}", file=sys.stderr)
             return 2
-    print(text)
+    print(for_terminal(text))  # sample ids and names are stored as typed: no escape sequence reaches the terminal
     print(f"report: {png}")
     print(f"report: {page}")
     return 0

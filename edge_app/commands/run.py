@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from edge_app import fsutil
 from edge_app.capture import CaptureError, open_source
 from edge_app.config import load_config
 from edge_app.display import DisplayError, Mp4Recorder, open_display
@@ -57,10 +58,8 @@ def load_bundle(cfg, data_dir):
 def write_summary(path: str, payload: dict) -> None:
     out = {k: payload[k] for k in SUMMARY_KEYS}
     out.update({k: v for k, v in payload.items() if k not in out and k not in ("sample_id", "operator")})
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(p)  # never leave a half-written summary
+    # never a half-written summary, never through a planted link (fsutil: temp file in the folder + rename)
+    fsutil.atomic_write(path, json.dumps(out, indent=2) + "\n", what="--summary-json")
 
 
 def main(args) -> int:
@@ -73,9 +72,16 @@ def main(args) -> int:
     if args.wait_for_camera:
         overrides["capture.wait_for_camera"] = True
     cfg = load_config(args.config, overrides)
-    if args.summary_json and not Path(args.summary_json).resolve().parent.is_dir():
-        print(f"wbc-counter run: error: folder for --summary-json {args.summary_json} does not exist", file=sys.stderr)
-        return 2
+    if args.summary_json:  # refused before counting: a folder, a link or a missing folder fails now, not after
+        if not Path(args.summary_json).resolve().parent.is_dir():
+            print(f"wbc-counter run: error: folder for --summary-json {args.summary_json} does not exist",
+                  file=sys.stderr)
+            return 2
+        try:
+            fsutil.check_writable_target(args.summary_json, "--summary-json")
+        except fsutil.UnsafePathError as exc:
+            print(f"wbc-counter run: error: {exc}", file=sys.stderr)
+            return 2
     source = open_source(args.source, cfg.capture)
     try:
         source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
@@ -114,7 +120,14 @@ def main(args) -> int:
               "run again to resume it", file=sys.stderr)
         return 2 if result.reason == "error" else EXIT_LEFT_OPEN
     if args.summary_json:
-        write_summary(args.summary_json, result.payload)
+        try:
+            write_summary(args.summary_json, result.payload)
+        except OSError as exc:  # the result itself is committed: say so, and where it can be read
+            why = fsutil.disk_full_message(Path(args.summary_json).parent) if fsutil.is_disk_full(exc) else exc
+            print(f"wbc-counter run: error: session {result.session_id} is finalised and safe in the database, "
+                  f"but --summary-json was not written: {why} (print it with 'wbc-counter report "
+                  f"{result.session_id[:8]}')", file=sys.stderr)
+            return 2
     pl = result.payload
     line = ", ".join(f"{k} {pl['counts'][k]} ({pl['percent'][k]:.1f}%)" for k in pl["counts"])
     print(f"session {result.session_id}: {pl['total']} cells ({result.reason}); {line}; other {pl['other']}; "

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
-from edge_app import paths
+from edge_app import fsutil, paths
 from edge_app.config import load_config
 from edge_app.selftest import DEFAULT_CAMERA, record, record_started, run_selftest
 from edge_app.store import Store, StoreError
@@ -59,10 +60,16 @@ def main(args) -> int:
         return run_selftest(cfg, args.data_dir, model_dir=model_dir, camera=camera, check_cam=not args.no_camera,
                             build_engine=args.build_engine or bool(args.update_from))
 
+    if args.update_from:
+        # A release that cannot be installed (bad manifest, names that lead outside its folder) is refused
+        # before anything is recorded or copied: the model in use and its last self-test stay as they are.
+        from edge_app.model.bundle import Manifest
+
+        Manifest.load(args.update_from)
     try:
         with Store(args.data_dir) as store:
             record_started(store)
-    except StoreError as exc:  # reported by the database check below
+    except (StoreError, sqlite3.Error, OSError) as exc:  # reported by the disk and database checks below
         logger.error("self-test start not recorded: %s", exc)
     if args.update_from:
         from edge_app.updates import ACTIVE, update_model
@@ -80,9 +87,11 @@ def main(args) -> int:
     try:
         with Store(args.data_dir) as store:
             record(store, result)
-    except StoreError as exc:
+    except (StoreError, sqlite3.Error, OSError) as exc:  # a full disk or a damaged file: said, exit 1
         recorded = False
         logger.error("self-test result not recorded: %s", exc)
+        print(f"wbc-counter selftest: the result could not be recorded in {args.data_dir} ({exc}); the counter "
+              "keeps refusing to report until a self-test is recorded as passed", file=sys.stderr)
     SystemdNotifier().status(result.summary())
     if args.json:
         print(json.dumps(result.as_event(), sort_keys=True))
@@ -102,7 +111,9 @@ def _models_root(cfg, args):
     d = Path(cfg.model.dir) if cfg.model.dir else None
     if d is not None and d.name == ACTIVE:
         return d.parent
-    return paths.installed_models_dir(args.data_dir)
+    root = paths.installed_models_dir(args.data_dir)
+    fsutil.ensure_inside(args.data_dir, root, "the models folder")  # a planted link must not lead the copy out
+    return root
 
 
 def _engine_dir(cfg, args):

@@ -26,6 +26,7 @@ from edge_app import paths
 from edge_app.config import load_config
 from edge_app.selftest import DEFAULT_CAMERA, last_result
 from edge_app.store import DB_NAME, Store
+from edge_app.textsafe import for_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -143,5 +144,5 @@ def main(args) -> int:
     cfg = load_config(args.config)
     camera = args.camera or os.environ.get("WBC_SOURCE") or DEFAULT_CAMERA
     status = collect(cfg, Path(args.data_dir), camera)
-    print(json.dumps(status, sort_keys=True) if args.json else _text(status))
+    print(json.dumps(status, sort_keys=True) if args.json else for_terminal(_text(status)))
     return 0

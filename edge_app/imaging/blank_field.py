@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_app import paths
+from edge_app import fsutil, paths
 from edge_app.capture import CaptureError, open_source
 from edge_app.config import ConfigError, QualityConfig, load_config
 from edge_app.imaging import preprocess
@@ -100,17 +99,12 @@ def check_blank(rgb: np.ndarray, quality: QualityConfig, load_detector=None) -> 
 
 def write_blank(rgb: np.ndarray, out: Path) -> str:
     """Write atomically; the file is read back through the pipeline's own loader. Returns its sha256."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {tmp} (use a .png path in a writable folder)")
-    try:
-        preprocess.FlatField.load(str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fsutil.make_dirs(out.parent)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode the blank for {out} as PNG")
+    # temp file in the folder + rename (no planted link followed); read back by the pipeline's loader first
+    fsutil.atomic_write(out, buf.tobytes(), what="blank", check=lambda tmp: preprocess.FlatField.load(str(tmp)))
     return sha256_file(out)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import paths
+from edge_app import fsutil, paths
 from edge_app.backends import Backend, BackendError, resolve_backend_name
 from edge_app.imaging import boxrefine, preprocess
 from edge_app.labels import CLASSES
@@ -69,7 +69,10 @@ class Manifest:
         name = entry["files"].get(kind)
         if not name:
             raise BackendError(f"manifest has no '{kind}' file for the {net}")
-        path = self.dir / name
+        try:
+            path = self.dir / fsutil.safe_name(name, f"manifest file name for the {net} ({kind})")
+        except fsutil.UnsafePathError as exc:  # a name like '../../x.onnx' would read or copy outside the folder
+            raise BackendError(f"{exc}: the model folder {self.dir} is not a release, do not install it") from None
         if not path.is_file():
             raise BackendError(f"model file missing: {path} (restore models/ from the release)")
         if verify:
@@ -115,6 +118,11 @@ def _manifest_problem(data: dict) -> str | None:
         for key, kind in (("files", dict), ("sha256", dict), ("outputs", list), ("input", dict)):
             if not isinstance(entry.get(key), kind):
                 return f"models.{net}.{key} is missing or not a {kind.__name__}"
+        for name in entry["files"].values():
+            try:
+                fsutil.safe_name(name, f"models.{net}.files entry")
+            except fsutil.UnsafePathError as exc:  # never read or copy outside the model folder
+                return str(exc)
         missing = sorted(set(entry["files"].values()) - set(entry["sha256"]))
         if missing:
             return f"models.{net}.sha256 has no hash for {', '.join(missing)}"

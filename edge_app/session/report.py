@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_app import fsutil
 from edge_app.counting.tally import Tally
 from edge_app.labels import CLASS_COLOURS_BGR, CLASSES, FIVE_PART
 from edge_app.store import Store
@@ -171,13 +172,14 @@ def write_report(store: Store, session_id: str, out_dir: str | Path,
     row, payload, final = session_result(store, session_id, ci_method)
     crops = _crops(store, row["id"])
     corrections = [dict(c) for c in store.corrections(row["id"])]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fsutil.make_dirs(out_dir)
     png = out / f"report-{row['id'][:8]}.png"
     page = out / f"report-{row['id'][:8]}.html"
+    for target in (png, page):  # both refused before either is written
+        fsutil.check_writable_target(target, "report file")
     ok, buf = cv2.imencode(".png", render_png(row, payload, final, crops, corrections))
     if not ok:
         raise OSError("PNG encoding failed")
-    png.write_bytes(buf.tobytes())
-    page.write_text(render_html(row, payload, final, crops, corrections), encoding="utf-8")
+    fsutil.atomic_write(png, buf.tobytes(), what="report file")
+    fsutil.atomic_write(page, render_html(row, payload, final, crops, corrections), what="report file")
     return text_summary(row, payload, final), png, page

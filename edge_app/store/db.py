@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -27,6 +28,52 @@ DB_NAME = paths.DB_NAME
 
 class StoreError(RuntimeError):
     """The database cannot be used; the message says what to do."""
+
+
+# SQLite's own companions of the database file: a link at any of them would be followed by SQLite.
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+SQLITE_FULL = 13
+
+
+def damaged_message(path: str | Path, exc: BaseException) -> str:
+    """What to tell a user whose database file is damaged: it is kept, and how to recover it."""
+    p = Path(path)
+    return (f"the database {p} is damaged ({exc}). It has been left as it is: do not delete it, results not "
+            f"yet sent may be inside. To recover: stop the kiosk and sync, then in {p.parent} run "
+            f"sqlite3 {p.name} \".recover\" | sqlite3 recovered.sqlite3 ; keep the damaged file "
+            f"(mv {p.name} {p.name}.damaged) and move recovered.sqlite3 into place as {p.name}; "
+            "call service if it fails")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's 'database or disk is full' (the OSError side is ``fsutil.is_disk_full``)."""
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
+                                                or "disk is full" in str(exc))
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """A file that is not a database, or one with broken pages (not a lock, not a full disk)."""
+    if not isinstance(exc, sqlite3.DatabaseError) or is_disk_full(exc):
+        return False
+    text = str(exc)
+    return not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text
+
+
+def _refuse_links(path: Path) -> None:
+    for suffix in _COMPANIONS:
+        p = path.with_name(path.name + suffix)
+        if p.is_symlink():
+            raise StoreError(f"{p} is a symbolic link: the database must be a plain file in the data dir "
+                             f"(move the real file into {path.parent} in place of the link)")
+
+
+def _create_private(path: Path) -> None:
+    """Create a new database file 0640 (O_EXCL, no link followed), so SQLite never creates it wider."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def utcnow() -> str:
@@ -49,8 +96,11 @@ class Store:
     def __init__(self, data_dir: str | Path, readonly: bool = False):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
+        _refuse_links(self.path)
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if not readonly:
+                _create_private(self.path)
             uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
             self.conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False,
                                         isolation_level=None)
@@ -72,6 +122,11 @@ class Store:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise StoreError(f"the database at {self.path} stayed locked by another wbc-counter process "
                                  "for 30 s: try again in a minute") from exc
+            if is_disk_full(exc):
+                raise StoreError(f"the disk holding {self.data_dir} is full ({exc}): free space there; nothing "
+                                 "already committed was lost") from exc
+            if is_damaged(exc):
+                raise StoreError(damaged_message(self.path, exc)) from exc
             raise StoreError(f"the database at {self.path} cannot be read ({exc}): call service and do not "
                              "delete it, results not yet sent may be inside") from exc
 
