@@ -46,6 +46,9 @@ class ModelConfig(_Strict):
     # Per-camera, after box_scale: tighten each box to the stained cell inside it (edge_app.imaging.boxrefine).
     # Off by default; `python -m scripts.training.box_fit --labels` says whether a camera's frames gain from it.
     box_refine: bool = False
+    # A site profile folder (`wbc-counter adapt --out DIR`): a head fitted on this site's verified cells, mixed
+    # into the classifier. None = the network alone. `wbc-counter adapt --revert --config FILE` removes it.
+    site: Optional[str] = None
 
 
 class InferenceConfig(_Strict):

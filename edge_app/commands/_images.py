@@ -20,13 +20,16 @@ def add_image_args(p) -> None:
                    help="model precision (default int8 on a CPU)")
     p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
+    p.add_argument("--site", default=None, metavar="DIR",
+                   help="a site profile folder (wbc-counter adapt): mix its head into the classifier "
+                        "(default: [model] site, else none)")
 
 
 def load_bundle(args):
     from edge_app.model.bundle import ModelBundle
 
     cfg = load_config(args.config, {"inference.backend": args.backend, "inference.precision": args.precision,
-                                    "model.dir": args.model_dir})
+                                    "model.dir": args.model_dir, "model.site": args.site})
     return ModelBundle.from_config(cfg, args.data_dir)
 
 

@@ -47,6 +47,9 @@ def add_source_args(p) -> None:
                    help="v4l2:///dev/video0, csi://0, a video file, an image folder, replay://FILE")
     p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
+    p.add_argument("--site", default=None, metavar="DIR",
+                   help="a site profile folder (wbc-counter adapt): mix its head into the classifier "
+                        "(default: [model] site, else none)")
 
 
 def load_bundle(cfg, data_dir):
@@ -65,7 +68,7 @@ def write_summary(path: str, payload: dict) -> None:
 def main(args) -> int:
     from edge_app.session.runner import LiveRun
 
-    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "tally.target": args.target,
+    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "model.site": args.site, "tally.target": args.target,
                  "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
     if args.headless:
         overrides["display.output"] = "headless"
