@@ -68,7 +68,8 @@ def write_summary(path: str, payload: dict) -> None:
 def main(args) -> int:
     from edge_app.session.runner import LiveRun
 
-    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "model.site": args.site, "tally.target": args.target,
+    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "model.site": args.site,
+                 "tally.target": args.target,
                  "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
     if args.headless:
         overrides["display.output"] = "headless"
