@@ -8,7 +8,8 @@ setup(
     version="0.1.0",
     description="Point-of-care leukocyte differential: detect, type and count white blood cells live",
     packages=find_packages(include=["edge_app", "edge_app.*"]),
-    package_data={"edge_app.store.migrations": ["*.sql"]},
+    package_data={"edge_app.store.migrations": ["*.sql"],
+                  "edge_app.review": ["templates/*.html", "static/*.js", "static/*.css"]},
     python_requires=">=3.8",
     install_requires=[
         "numpy>=1.21",
@@ -20,6 +21,10 @@ setup(
         # CPU fallback runtime; on JetPack images without a wheel use tflite-runtime.
         "ai-edge-litert>=1.0; platform_machine=='x86_64'",
         "tflite-runtime>=2.13; platform_machine=='aarch64'",
+        # the review page (wbc-counter serve): server-rendered HTML, no front-end build
+        "starlette>=0.37",
+        "uvicorn>=0.29",
+        "jinja2>=3.1",
     ],
     extras_require={
         "test": ["pytest>=7", "onnxruntime>=1.16", "fhir.resources>=7", "fhirclient>=4.1",
@@ -27,7 +32,9 @@ setup(
                  # re-derives the shipped INT8 TFLite files from the FP32 ones (tests/test_quantize.py)
                  "ai-edge-quantizer>=0.10",
                  # display tests grab the Xvfb screen (ImageGrab, XCB)
-                 "pillow>=9.2"],
+                 "pillow>=9.2",
+                 # the review page in a real headless browser (Debian chromium + chromium-driver)
+                 "selenium>=4.20"],
         "train": ["torch==2.13.0", "litert-torch>=0.10", "ai-edge-quantizer>=0.10", "onnxruntime>=1.16",
                   "onnxscript", "tqdm", "matplotlib"],
     },

@@ -23,7 +23,8 @@ from edge_app.textsafe import for_terminal, one_line
 
 logger = logging.getLogger(__name__)
 
-VERBS = ("classify", "detect", "run", "bench", "report", "sync", "lis", "selftest", "status", "adapt")
+VERBS = ("classify", "detect", "run", "bench", "report", "sync", "lis", "selftest", "status", "serve", "review", "sign",
+         "adapt")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

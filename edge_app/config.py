@@ -160,6 +160,12 @@ class SyncConfig(_Strict):
     base_backoff_s: float = Field(5.0, gt=0, le=86400)
 
 
+class DeliveryConfig(_Strict):
+    # Only results a named person signed off (review page, kiosk review or 'wbc-counter sign')
+    # are sent by sync and lis send; unsigned ones wait, and the commands say so.
+    require_signoff: bool = True
+
+
 class KioskConfig(_Strict):
     device_id: str = "wbc-kiosk"
     operator: str = "technician"
@@ -178,6 +184,7 @@ class Config(_Strict):
     fhir: FhirConfig = FhirConfig()
     lis: LisConfig = LisConfig()
     sync: SyncConfig = SyncConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     kiosk: KioskConfig = KioskConfig()
 
 

@@ -16,3 +16,8 @@ CLASS_COLOURS_BGR = {
     "basophil": (75, 25, 230),
     "other": (128, 128, 128),
 }
+
+# A reviewer's verdict "not a leukocyte" (debris, a cell the detector should not have boxed):
+# kept with the cell for site adaptation, never counted, not even as "other".
+NOT_LEUKOCYTE = "x"
+REVIEW_LABELS = CLASSES + (NOT_LEUKOCYTE,)

@@ -60,3 +60,8 @@ def reports_dir(data: str | Path) -> Path:
 
 def bench_dir(data: str | Path) -> Path:
     return Path(data) / "bench"
+
+
+def review_users_path(data: str | Path) -> Path:
+    """Per-user review tokens (``wbc-counter serve --add-user``), mode 0600: the LAN login."""
+    return Path(data) / "review_users"

@@ -27,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 from edge_app.labels import FIVE_PART  # noqa: E402
+from edge_app.store import review as store_review  # noqa: E402
 from edge_app.store.db import Store  # noqa: E402
 
 SERVER_DIR = ROOT / "tests" / "fhir_server"
@@ -47,8 +48,10 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple:
 
 
 def finalised_session(store: Store, *, sample_id: str = "S-0001", operator: str = "op.alice",
-                      counts: dict | None = None, crops: int = 0, device: str = "kiosk-7") -> tuple:
-    """A real session: cells added, finalised with the app's payload schema. Returns (session_id, result_id)."""
+                      counts: dict | None = None, crops: int = 0, device: str = "kiosk-7",
+                      signed_by: str | None = "dr.reviewer") -> tuple:
+    """A real session: cells added, finalised with the app's payload schema, and signed off by
+    ``signed_by`` (None: left unsigned, as a count nobody reviewed). Returns (session_id, result_id)."""
     counts = counts or {"neutrophil": 58, "lymphocyte": 30, "monocyte": 7, "eosinophil": 4, "basophil": 1}
     sid = store.open_session(target=100, sample_id=sample_id, operator=operator, device=device,
                              model_version="wbcnet-1.2", backend="tflite")
@@ -72,7 +75,14 @@ def finalised_session(store: Store, *, sample_id: str = "S-0001", operator: str 
         "wbc_count": None, "absolute": None, "flagged": 5, "corrections": 1,
         "finalised_at": "2025-03-04T09:15:30.250+00:00",
     }
-    return sid, store.finalise_session(sid, payload)
+    rid = store.finalise_session(sid, payload)
+    if signed_by:
+        # The fixture's payload is hand-made (its "other" cells are not in the table), so it is
+        # signed as it stands rather than recomputed from the cells as edge_app.review.sign does.
+        signed = {**payload, "version": 1, "signed_by": signed_by, "signed_at": "2025-03-04T09:20:00.000+00:00",
+                  "amended": False, "amendment_reason": None}
+        store_review.store_signoff(store, sid, 1, signed_by, signed)
+    return sid, rid
 
 
 def outbox_rows(store: Store, destination: str | None = None) -> list:

@@ -22,7 +22,8 @@ from edge_app.sync.destinations import astm_sender, hl7_sender
 from edge_app.sync.errors import DeliveryError, redact
 from edge_app.sync.lock import SyncLock
 from edge_app.sync.outbox import Outbox
-from edge_app.sync.payload import ResultPayload
+from edge_app.sync.payload import ResultPayload, refuse_unsendable
+from edge_app.sync.signoff import SIGN_HINT, is_signed
 from edge_app.sync.worker import SyncWorker
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,19 @@ def main(args) -> int:
         print(f"wbc-counter lis: session {session_id} was counted while the self-test had not passed "
               f"({payload['not_reported']}); it is never reported. Run 'wbc-counter selftest', then count "
               "the sample again.", file=sys.stderr)
+        return 1
+    if args.lis_action == "send":
+        state = store.result_state(session_id)  # the column is the record; the payload repeats it
+        try:
+            refuse_unsendable(result_id, dict(payload, state=state[0] if state else payload.get("state"),
+                                              reason=(state[1] if state else None) or payload.get("reason")))
+        except DeliveryError as exc:
+            print(f"wbc-counter lis: session {session_id}: {exc}", file=sys.stderr)
+            return 1
+    if args.lis_action == "send" and cfg.delivery.require_signoff and not is_signed(payload):
+        print(f"wbc-counter lis: session {session_id} is not signed off, so it is not sent ([delivery] "
+              f"require_signoff = true): {SIGN_HINT.replace('them', 'it').replace('SESSION', session_id[:8])}",
+              file=sys.stderr)
         return 1
     if args.lis_action == "show":
         return _show(args.format or ("hl7" if args.hl7 else "astm"), result_id, payload)

@@ -25,6 +25,7 @@ def add_parser(sub):
 
 def main(args) -> int:
     from edge_app.config import load_config
+    from edge_app.review.signoff import describe
     from edge_app.session.report import write_report
 
     cfg = load_config(args.config)  # a bad config is said (by cli) before anything is written
@@ -39,11 +40,14 @@ def main(args) -> int:
             if not args.out:  # the default folder is the data dir's: a link must not lead the write elsewhere
                 fsutil.ensure_inside(args.data_dir, out_dir, "the reports folder")
             text, png, page = write_report(store, args.session, out_dir, cfg.tally.ci_method)
+            signoff = describe(store, args.session)  # who signed which version, and each amendment
         except OSError as exc:
             why = fsutil.disk_full_message(out_dir) if fsutil.is_disk_full(exc) else exc
             print(f"wbc-counter report: error: cannot write the report to {out_dir}: {why}", file=sys.stderr)
             return 2
     print(for_terminal(text))  # sample ids and names are stored as typed: no escape sequence reaches the terminal
+    for line in signoff:
+        print(for_terminal(line))
     print(f"report: {png}")
     print(f"report: {page}")
     return 0

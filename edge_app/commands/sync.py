@@ -7,7 +7,9 @@ due and exit, printing one JSON line ``{"delivered": n, "pending": n,
 ``--retry-failed`` first puts entries that a receiver rejected back in the
 queue. Exit status: 0 when everything due was delivered, 1 when something
 stays queued or failed (the reason is on stderr), 2 for a configuration or
-database problem.
+database problem. With ``[delivery] require_signoff`` (the default) results nobody
+signed off stay queued and untouched, and stderr says how many; they do not make
+the exit status 1 (they wait for a person, not for a receiver).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from edge_app.store import Store
 from edge_app.sync.destinations import configured_senders, missing_hint
 from edge_app.sync.lock import SyncLock
 from edge_app.sync.outbox import Outbox, now_utc
+from edge_app.sync.signoff import SIGN_HINT, awaiting_signoff
 from edge_app.sync.worker import SyncSummary, SyncWorker
 
 logger = logging.getLogger(__name__)
@@ -48,7 +51,8 @@ def main(args) -> int:
     store = Store(args.data_dir)
     outbox = Outbox(store)
     senders = configured_senders(cfg, store)
-    worker = SyncWorker(outbox, senders, base_backoff_s=cfg.sync.base_backoff_s, max_backoff_s=cfg.sync.max_backoff_s)
+    worker = SyncWorker(outbox, senders, base_backoff_s=cfg.sync.base_backoff_s, max_backoff_s=cfg.sync.max_backoff_s,
+                        hold=awaiting_signoff if cfg.delivery.require_signoff else None)
     lock = SyncLock(args.data_dir)
     if not lock.acquire():
         print("wbc-counter sync: another sync or 'lis send' is running; nothing done", file=sys.stderr)
@@ -84,6 +88,9 @@ def _pass(outbox: Outbox, worker: SyncWorker, senders: dict) -> int:
               "'wbc-counter sync --retry-failed'", file=sys.stderr)
     if summary.retrying:
         print("wbc-counter sync: undelivered results stay queued and are retried automatically", file=sys.stderr)
+    if summary.held:
+        print(f"wbc-counter sync: {summary.held} result(s) not sent: not signed off yet ([delivery] "
+              f"require_signoff = true); {SIGN_HINT}", file=sys.stderr)
     return 1 if (summary.failed_now or summary.retrying or unserved) else 0
 
 
@@ -93,7 +100,7 @@ def _loop(outbox: Outbox, worker: SyncWorker, senders: dict, interval: float) ->
     try:
         while not stop.is_set():
             _pass(outbox, worker, senders)
-            due = outbox.next_due_at()
+            due = outbox.next_due_at(signed_only=worker.hold is not None)
             wait = interval if due is None else min(interval, max(1.0, (due - now_utc()).total_seconds()))
             stop.wait(wait)
     except KeyboardInterrupt:

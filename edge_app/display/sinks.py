@@ -55,6 +55,11 @@ def opencv_has_gui() -> bool:
     return bool(gui) and "NONE" not in gui.upper()
 
 
+# waitKeyEx codes of the arrow keys (GTK/X11 keysyms, and the Windows/Qt virtual keys).
+_ARROWS = {65361: "left", 65362: "up", 65363: "right", 65364: "down",
+           2424832: "left", 2490368: "up", 2555904: "right", 2621440: "down"}
+
+
 class OpenCVWindowSink(DisplaySink):
     name = "opencv"
 
@@ -70,9 +75,9 @@ class OpenCVWindowSink(DisplaySink):
 
     def show(self, canvas_bgr: np.ndarray) -> None:
         cv2.imshow(WINDOW_TITLE, canvas_bgr)
-        k = cv2.waitKey(1)
+        k = cv2.waitKeyEx(1)
         if k >= 0:
-            self._key = chr(k & 0xFF)
+            self._key = _ARROWS.get(k) or chr(k & 0xFF)
         try:
             if cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) < 1:
                 self._open = False
@@ -125,7 +130,9 @@ class TkWindowSink(DisplaySink):
         self.root.protocol("WM_DELETE_WINDOW", self._on_close)
 
     def _on_key(self, event) -> None:
-        special = {"Tab": "\t", "Escape": "\x1b"}
+        # Arrows have no character: they come through as words (the gallery review moves with them).
+        special = {"Tab": "\t", "Escape": "\x1b", "Return": "\r", "KP_Enter": "\r",
+                   "Left": "left", "Right": "right", "Up": "up", "Down": "down"}
         ch = special.get(event.keysym, event.char)
         if ch:
             self._keys.put(ch)

@@ -8,6 +8,11 @@ in the universal test id) followed by a C with the count and 95% CI, and L.
 Delimiters are the standard ``|`` field, ``\\`` repeat, ``^`` component and
 ``&`` escape; free text is escaped (``&F&``, ``&S&``, ``&R&``, ``&E&``) and
 cannot carry control characters, which would break the E1381 framing.
+
+Result status (R.9) and report type (O.26) per E1394: ``F`` final (signed),
+``C`` correction of a result sent before (a signed amendment), ``P``
+preliminary (unsigned; sent only when ``[delivery] require_signoff`` is off).
+The header's message control id (H.3) carries the version of an amendment.
 """
 
 from __future__ import annotations
@@ -60,22 +65,24 @@ def _ts(text: str) -> str:
 def build_records(result: ResultPayload, now_iso: str) -> List[str]:
     """The records, without terminators; ``astm_e1381`` frames them."""
     when = _ts(result.finalised_at)
+    status = "C" if result.amended else "F" if result.signed else "P"
+    control = result.result_id if result.version <= 1 else f"{result.result_id}-v{result.version}"
     sender = COMPONENT.join(["wbc-counter", escape(__version__), escape(result.device or "")])
     records = [
         # H.2 is the delimiter definition itself and must not be escaped.
-        _record("H", DELIMITERS, escape(result.result_id), "", sender, "", "", "", "", "", "", "P", "LIS2-A2",
+        _record("H", DELIMITERS, escape(control), "", sender, "", "", "", "", "", "", "P", "LIS2-A2",
                 _ts(now_iso)),
         _record("P", "1"),
         _record("O", "1", escape(result.sample_id or ""), escape(result.result_id),
                 COMPONENT * 3 + PANEL_CODE[0] + COMPONENT + escape(PANEL_CODE[1]), "R", "", "",
-                "", "", "", "", "", "", "", "Blood", "", "", "", "", "", "", when, "", "", "F"),
+                "", "", "", "", "", "", "", "Blood", "", "", "", "", "", "", when, "", "", status),
         _record("C", "1", "I", escape(_order_comment(result)), "G"),
     ]
     for seq, cls_name in enumerate(FIVE_PART, start=1):
         code = PERCENT_CODES[cls_name][0]
         records.append(_record(
             "R", str(seq), COMPONENT * 3 + code + COMPONENT + SHORT_NAMES[cls_name],
-            f"{result.percent[cls_name]:.1f}", "%", "", "", "", "F", "", escape(result.operator or ""),
+            f"{result.percent[cls_name]:.1f}", "%", "", "", "", status, "", escape(result.operator or ""),
             when, when, escape(result.device or "")))
         records.append(_record("C", "1", "I", escape(result.ci_text(cls_name)), "G"))
     records.append(_record("L", "1", "N"))
@@ -88,4 +95,10 @@ def _order_comment(result: ResultPayload) -> str:
         text += f"; {result.flagged} flagged for review; {result.corrections} corrected"
     if result.model_version:
         text += f"; model {result.model_version}"
+    if result.signed:
+        text += f"; signed by {result.signed_by}, result version {result.version}"
+        if result.amended and result.amendment_reason:
+            text += f"; corrected: {result.amendment_reason}"
+    else:
+        text += "; not signed off (preliminary)"
     return text

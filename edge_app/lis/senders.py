@@ -44,8 +44,9 @@ class Hl7Destination:
         self.timeout_s, self.retries, self.pause_s = timeout_s, retries, pause_s
 
     def __call__(self, entry: OutboxEntry) -> str:
-        message = build_oru(ResultPayload.parse(entry.result_id, entry.payload))
-        ctrl = control_id(entry.result_id)
+        result = ResultPayload.parse(entry.result_id, entry.payload)
+        message = build_oru(result)
+        ctrl = control_id(entry.result_id, result.version)
         code = MllpClient(self.host, self.port, self.timeout_s).deliver(
             message, ctrl, retries=self.retries, pause_s=self.pause_s,
             redact=lambda text: redact(text, entry.payload))

@@ -20,10 +20,14 @@ from importlib import resources
 from pathlib import Path
 
 from edge_app import paths
+from edge_app.labels import NOT_LEUKOCYTE
+from edge_app.store import review
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = paths.DB_NAME
+# Who the audit trail names for a kiosk correction made without an operator name.
+KIOSK_USER = "kiosk"
 
 
 class StoreError(RuntimeError):
@@ -235,13 +239,18 @@ class Store:
              frame_index, int(flagged), source, crop_jpeg, utcnow()))
         return int(cur.lastrowid)
 
-    def cells(self, session_id: str, include_deleted: bool = False) -> list[sqlite3.Row]:
+    def cells(self, session_id: str, include_deleted: bool = False,
+              include_rejected: bool = False) -> list[sqlite3.Row]:
+        """The session's counted cells; ``include_rejected`` adds those a reviewer marked
+        "not a leukocyte" (label ``x``), which are never part of a count."""
         q = "SELECT * FROM cells WHERE session_id=?" + ("" if include_deleted else " AND deleted=0")
+        q += "" if include_rejected else f" AND label!='{NOT_LEUKOCYTE}'"
         return self.conn.execute(q + " ORDER BY id", (session_id,)).fetchall()
 
     def label_counts(self, session_id: str) -> dict[str, int]:
         rows = self.conn.execute(
-            "SELECT label, COUNT(*) FROM cells WHERE session_id=? AND deleted=0 GROUP BY label", (session_id,))
+            "SELECT label, COUNT(*) FROM cells WHERE session_id=? AND deleted=0 AND label!=? GROUP BY label",
+            (session_id, NOT_LEUKOCYTE))
         return {r[0]: r[1] for r in rows}
 
     # -- corrections ----------------------------------------------------
@@ -255,6 +264,7 @@ class Store:
             cur = self.conn.execute(
                 "INSERT INTO corrections (session_id, cell_id, action, from_label, to_label, operator, at)"
                 " VALUES (?,?,?,?,?,?,?)", (session_id, cell_id, "reclassify", row[0], to_label, operator, utcnow()))
+            review.audit(self, session_id, cell_id, row[0], to_label, operator or KIOSK_USER, "kiosk")
             return int(cur.lastrowid)
 
     def add_manual_cell(self, session_id: str, label: str, operator: str | None, frame_index: int | None = None) -> int:
@@ -263,6 +273,7 @@ class Store:
             self.conn.execute(
                 "INSERT INTO corrections (session_id, cell_id, action, from_label, to_label, operator, at)"
                 " VALUES (?,?,?,?,?,?,?)", (session_id, cell_id, "add", None, label, operator, utcnow()))
+            review.audit(self, session_id, cell_id, None, label, operator or KIOSK_USER, "kiosk")
             return cell_id
 
     def undo(self, session_id: str, operator: str | None) -> sqlite3.Row | None:
@@ -275,6 +286,8 @@ class Store:
                 return None
             if last["action"] == "reclassify":
                 self.conn.execute("UPDATE cells SET label=? WHERE id=?", (last["from_label"], last["cell_id"]))
+                review.audit(self, session_id, last["cell_id"], last["to_label"], last["from_label"],
+                             operator or KIOSK_USER, "kiosk", "undo")
             elif last["action"] == "add":
                 self.conn.execute("UPDATE cells SET deleted=1 WHERE id=?", (last["cell_id"],))
             self.conn.execute("UPDATE corrections SET undone=1 WHERE id=?", (last["id"],))
@@ -312,6 +325,28 @@ class Store:
     def result(self, session_id: str) -> dict | None:
         row = self.conn.execute("SELECT payload FROM results WHERE session_id=?", (session_id,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    # -- review -----------------------------------------------------------
+    def verified_cells(self, since=None, signed_only: bool = False) -> list:
+        """Counted cells whose class a person confirmed or corrected, for learning from them.
+
+        One ``edge_app.store.review.VerifiedCell`` per cell (not per review), oldest
+        verdict first, with:
+        ``cell_id``, ``session_id``;
+        ``crop_jpeg``: the cell's stored crop, JPEG bytes as the kiosk saved them
+        (``[store] crop_size``), or None for a cell added by hand (no crop);
+        ``label``: the final class, one of ``edge_app.labels.REVIEW_LABELS`` (the six
+        classes, or ``"x"`` for "not a leukocyte": a negative, never counted);
+        ``model_label``: what the classifier said (None for a hand-added cell);
+        ``user``, ``at`` (ISO 8601 UTC, ms), ``source`` (``kiosk``, ``review``, ``remote``):
+        who gave the latest verdict on the cell, when, and where.
+
+        ``since`` (ISO text as stored, or a datetime) keeps cells whose latest verdict
+        is later than it: pass the ``at`` of the last cell already read to fetch only
+        what is new. ``signed_only`` keeps cells of results that were signed at least once.
+        Cells a hand-added-cell undo removed are never returned.
+        """
+        return review.verified_cells(self, since=since, signed_only=signed_only)
 
     # -- events ---------------------------------------------------------
     def log_event(self, kind: str, detail: dict) -> None:

@@ -12,6 +12,11 @@ Contents (only what the report needs; no patient data, the kiosk has none):
   operator as ``performer.display``, sample id as a logical ``specimen``
   reference (identifier only), device as ``Observation.device``, model
   version and backend in ``Observation.method``.
+- the sign-off: ``status`` is ``final`` once a named person signed the result,
+  ``preliminary`` before, and ``amended`` for a signed amendment (version > 1); the
+  signer is the report's ``resultsInterpreter`` (display), and the result version
+  is a ``meta.tag`` (``VERSION_TAG_SYSTEM``) so an amendment can tell whether the
+  server holds it already (``fhir_sender`` updates the same resources, If-Match).
 - optionally the review-crop gallery: one JPEG ``Attachment`` per counted cell
   in ``DiagnosticReport.presentedForm`` (title = label and cell id), flagged
   cells first, at most ``GALLERY_MAX``.
@@ -42,6 +47,7 @@ COMPONENT_SYSTEM = "urn:wbc-counter:observation-component"
 SAMPLE_ID_SYSTEM = "urn:wbc-counter:sample-id"
 DEVICE_ID_SYSTEM = "urn:wbc-counter:device"
 GALLERY_MAX = 100
+VERSION_TAG_SYSTEM = "urn:wbc-counter:result-version"
 _CATEGORY_LAB = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                              "code": "laboratory", "display": "Laboratory"}]}
 _CATEGORY_HM = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
@@ -91,7 +97,9 @@ def _component(code: str, display: str, **value) -> dict:
 def build_bundle(result: ResultPayload, identifier_system: str, gallery: Sequence[GalleryCrop] = ()) -> dict:
     """The transaction Bundle; the DiagnosticReport entry is always the last one."""
     when = fhir_instant(result.finalised_at)
-    common: dict = {"status": "final", "effectiveDateTime": when, "issued": when}
+    status = "amended" if result.amended else "final" if result.signed else "preliminary"
+    issued = fhir_instant(result.signed_at) if result.signed and result.signed_at else when
+    common: dict = {"status": status, "effectiveDateTime": when, "issued": issued}
     if result.operator:
         common["performer"] = [{"display": result.operator}]
     specimen = ({"identifier": {"system": SAMPLE_ID_SYSTEM, "value": result.sample_id}, "type": "Specimen"}
@@ -145,6 +153,10 @@ def build_bundle(result: ResultPayload, identifier_system: str, gallery: Sequenc
     }
     if specimen:
         report["specimen"] = [specimen]
+    if result.signed:
+        report["resultsInterpreter"] = [{"display": result.signed_by}]
+        report["meta"] = {"tag": [{"system": VERSION_TAG_SYSTEM, "code": str(result.version),
+                                   "display": f"result version {result.version}"}]}
     if presented:
         report["presentedForm"] = presented
     entries.append(_entry("DiagnosticReport", report, identifier_system, result.result_id))
@@ -158,4 +170,10 @@ def _conclusion(result: ResultPayload) -> str:
         parts.append(f"{result.other} other cells (not part of the differential) seen.")
     if result.flagged or result.corrections:
         parts.append(f"{result.flagged} cells flagged for review; {result.corrections} corrected by the operator.")
+    if result.signed:
+        parts.append(f"Reviewed and signed by {result.signed_by} (result version {result.version}).")
+    else:
+        parts.append("Not yet signed off by a reviewer: preliminary.")
+    if result.amended and result.amendment_reason:
+        parts.append(f"Amended: {result.amendment_reason}.")
     return " ".join(parts)

@@ -131,6 +131,14 @@ class Outbox:
     def pending_destinations(self) -> set:
         return {r[0] for r in self.conn.execute("SELECT DISTINCT destination FROM outbox WHERE status='pending'")}
 
-    def next_due_at(self) -> Optional[_dt.datetime]:
-        row = self.conn.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE status='pending'").fetchone()
+    def next_due_at(self, signed_only: bool = False) -> Optional[_dt.datetime]:
+        """When the next pending entry falls due; ``signed_only`` skips results nobody signed off
+        (they wait for a person, so a sync loop must not spin on them)."""
+        q = "SELECT MIN(o.next_attempt_at) FROM outbox o"
+        if signed_only:
+            q += (" JOIN results r ON r.result_id=o.result_id WHERE o.status='pending'"
+                  " AND json_extract(r.payload, '$.signed_by') IS NOT NULL")
+        else:
+            q += " WHERE o.status='pending'"
+        row = self.conn.execute(q).fetchone()
         return _dt.datetime.fromisoformat(row[0]) if row and row[0] else None

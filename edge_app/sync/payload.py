@@ -38,6 +38,20 @@ class ResultPayload:
     flagged: int
     corrections: int
     finalised_at: str
+    # Sign-off (edge_app.review.signoff): None / 1 / False for a result nobody signed.
+    signed_by: Optional[str] = None
+    signed_at: Optional[str] = None
+    version: int = 1
+    amendment_reason: Optional[str] = None
+
+    @property
+    def signed(self) -> bool:
+        return self.signed_by is not None
+
+    @property
+    def amended(self) -> bool:
+        """A signed result changed after an earlier version was signed (and maybe sent)."""
+        return self.signed and self.version > 1
 
     @classmethod
     def parse(cls, result_id: str, payload: dict) -> "ResultPayload":
@@ -78,7 +92,8 @@ class ResultPayload:
             ci_method=str(payload.get("ci_method") or "wilson"), other=int(payload.get("other") or 0),
             frames=int(payload.get("frames") or 0), target=int(payload.get("target") or 0),
             flagged=int(payload.get("flagged") or 0), corrections=int(payload.get("corrections") or 0),
-            finalised_at=finalised_at)
+            finalised_at=finalised_at, signed_by=text("signed_by"), signed_at=text("signed_at"),
+            version=int(payload.get("version") or 1), amendment_reason=text("amendment_reason"))
 
     def ci_text(self, cls_name: str) -> str:
         """Human-readable count and interval, the same words in FHIR notes, HL7 NTE and ASTM C."""

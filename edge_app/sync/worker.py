@@ -34,6 +34,7 @@ class SyncSummary:
     failed: int = 0
     failed_now: int = 0
     retrying: int = 0
+    held: int = 0  # due but held back by the worker's hold rule (unsigned results)
     errors: list = field(default_factory=list)
 
     def public(self) -> dict:
@@ -44,8 +45,11 @@ class SyncSummary:
 
 class SyncWorker:
     def __init__(self, outbox: Outbox, senders: Dict[str, Sender], *, base_backoff_s: float = 5.0,
-                 max_backoff_s: float = 3600.0, rng: Optional[random.Random] = None):
+                 max_backoff_s: float = 3600.0, rng: Optional[random.Random] = None,
+                 hold: Optional[Callable[[OutboxEntry], bool]] = None):
         self.outbox = outbox
+        # Entries for which hold(entry) is true are left as they are (not claimed, no attempt).
+        self.hold = hold
         self.senders = senders
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -62,6 +66,9 @@ class SyncWorker:
         down = set()
         for entry in self.outbox.due(destinations=self.senders.keys()):
             if entry.destination in down:
+                continue
+            if self.hold is not None and self.hold(entry):
+                summary.held += 1
                 continue
             self._deliver(entry, summary, down)
         counts = self.outbox.counts()
