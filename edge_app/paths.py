@@ -65,3 +65,8 @@ def bench_dir(data: str | Path) -> Path:
 def review_users_path(data: str | Path) -> Path:
     """Per-user review tokens (``wbc-counter serve --add-user``), mode 0600: the LAN login."""
     return Path(data) / "review_users"
+
+
+def precision_cache(data: str | Path) -> Path:
+    """The measured ``precision = "auto"`` choice per CPU and model (edge_app.model.precision)."""
+    return Path(data) / "precision.json"

@@ -73,6 +73,7 @@ class SelftestResult:
     backend: str | None = None
     model_version: str | None = None
     hashes: dict = field(default_factory=dict)
+    precision: str | None = None  # the precision checked (``auto`` resolved: edge_app.model.precision)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,7 @@ class SelftestResult:
 
     def as_event(self) -> dict:
         return {"ok": self.ok, "backend": self.backend, "model_version": self.model_version,
+                "precision": self.precision,
                 "checks": {c.name: c.ok for c in self.checks},
                 "failures": [{"check": c.name, "message": c.message} for c in self.failures],
                 "hashes": self.hashes, "message": self.summary()}
@@ -269,6 +271,21 @@ def check_reference(manifest: Manifest, classifier: Classifier, detector_backend
                  f"{len(frames)} frames boxes {det:.0%}", detail)
 
 
+def check_site(path: str | Path, manifest: Manifest, hashes: dict) -> Check:
+    """The configured site profile: present, fitted for this model version, head file as recorded."""
+    from edge_app.site import profile as site_profile
+
+    try:
+        prof = site_profile.load(path, manifest)
+    except BackendError as exc:  # SiteError: the message says what to do
+        return Check("site", False, str(exc))
+    hashes["site_profile"] = {"name": prof.name, "file": str(Path(path) / site_profile.PROFILE_FILE),
+                              "sha256": prof.sha256}
+    held = prof.data.get("held_back", {})
+    return Check("site", True, f"profile '{prof.name}' for model {manifest.version}, sha256 {prof.sha256[:12]}; "
+                               f"held back {held.get('n')}: {held.get('before')} -> {held.get('after')}")
+
+
 def check_camera(uri: str, capture_cfg=None, open_source=None, frames: int = CAMERA_FRAMES,
                  timeout_s: float = CAMERA_TIMEOUT_S) -> Check:
     """The camera opens and delivers ``frames`` frames within ``timeout_s``."""
@@ -341,6 +358,8 @@ def run_selftest(cfg, data_dir: str | Path, *, model_dir: str | Path | None = No
         result.checks.append(model_check)
         if model_check.ok:
             _check_inference(cfg, data_dir, manifest, build_engine, result)
+        if cfg.model.site:
+            result.checks.append(check_site(cfg.model.site, manifest, result.hashes))
     if check_cam:
         uri = camera or DEFAULT_CAMERA
         result.checks.append(check_camera(uri, cfg.capture, open_source))
@@ -350,12 +369,17 @@ def run_selftest(cfg, data_dir: str | Path, *, model_dir: str | Path | None = No
 
 
 def _check_inference(cfg, data_dir: Path, manifest: Manifest, build_engine: bool, result: SelftestResult) -> None:
-    precision = cfg.inference.precision
     try:
         result.backend = resolve_backend_name(cfg.inference.backend)
     except BackendError as exc:
         result.checks.append(Check("engine", False, str(exc)))
         return
+    from edge_app.model import precision as auto_precision
+
+    # "auto" on a CPU is measured again here (both precisions checked and timed), then the chosen one is checked.
+    precision = auto_precision.resolve(cfg.inference.precision, result.backend, manifest, data_dir,
+                                       cfg.inference.threads, remeasure=True)
+    result.precision = precision
     engine_dir = paths.engine_dir(cfg.inference.engine_dir, data_dir)
     backends = []
     try:

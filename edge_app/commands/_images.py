@@ -16,8 +16,8 @@ logger = logging.getLogger(__name__)
 def add_image_args(p) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON object per line (the scripting contract)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
-                   help="model precision (default int8 on a CPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default=None,
+                   help="model precision (default auto: the faster of int8 and fp32 on this CPU, both checked)")
     p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
     p.add_argument("--site", default=None, metavar="DIR",

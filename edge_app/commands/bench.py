@@ -82,8 +82,8 @@ def main(args) -> int:
     if args.frames < 1:
         print("wbc-counter bench: error: --frames must be at least 1", file=sys.stderr)
         return 2
-    cfg = load_config(args.config, {"inference.backend": args.backend, "model.dir": args.model_dir,
-                                    "model.site": args.site})
+    cfg = load_config(args.config, {"inference.backend": args.backend, "inference.precision": args.precision,
+                                    "model.dir": args.model_dir, "model.site": args.site})
     source = open_source(args.source, cfg.capture)
     source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
     bundle = load_bundle(cfg, args.data_dir)

@@ -46,6 +46,9 @@ def add_source_args(p) -> None:
     p.add_argument("--source", required=True, metavar="URI",
                    help="v4l2:///dev/video0, csi://0, a video file, an image folder, replay://FILE")
     p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
+    p.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"), default=None,
+                   help="default auto: on a CPU the faster of int8 and fp32 here, both checked against the "
+                        "reference outputs (measured once, cached in the data dir); int8 on TensorRT")
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
     p.add_argument("--site", default=None, metavar="DIR",
                    help="a site profile folder (wbc-counter adapt): mix its head into the classifier "
@@ -68,7 +71,8 @@ def write_summary(path: str, payload: dict) -> None:
 def main(args) -> int:
     from edge_app.session.runner import LiveRun
 
-    overrides = {"inference.backend": args.backend, "model.dir": args.model_dir, "model.site": args.site,
+    overrides = {"inference.backend": args.backend, "inference.precision": args.precision,
+                 "model.dir": args.model_dir, "model.site": args.site,
                  "tally.target": args.target,
                  "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
     if args.headless:

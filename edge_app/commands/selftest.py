@@ -44,7 +44,8 @@ def add_parser(sub):
     cam.add_argument("--no-camera", action="store_true", help="skip the camera check (bench use only)")
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default from config)")
     p.add_argument("--backend", choices=("auto", "tensorrt", "tflite"), default=None)
-    p.add_argument("--precision", choices=("int8", "fp16", "fp32"), default=None)
+    p.add_argument("--precision", choices=("auto", "int8", "fp16", "fp32"), default=None,
+                   help="default auto: on a CPU both int8 and fp32 are checked and timed, the faster is kept")
     p.add_argument("--update-from", metavar="DIR", default=None,
                    help="install model folder DIR as a new version; keep it only if its self-test passes")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")

@@ -40,6 +40,11 @@ def add_parser(sub):
 
 
 def _engine_info(cfg, manifest, backend: str, data_dir: Path) -> dict:
+    from edge_app.model import precision as auto_precision
+
+    # "auto" as the counter will run it: the cached measured choice (status never measures; int8 until then)
+    precision = auto_precision.resolve(cfg.inference.precision, backend, manifest, data_dir, cfg.inference.threads,
+                                       measure_if_missing=False) or "int8"
     out = {}
     if backend == "tensorrt":
         from edge_app.backends import engine_cache
@@ -47,11 +52,11 @@ def _engine_info(cfg, manifest, backend: str, data_dir: Path) -> dict:
 
         engine_dir = paths.engine_dir(cfg.inference.engine_dir, data_dir)
         for net in ("detector", "classifier"):
-            plan = trt_backend.plan_engine(manifest, net, cfg.inference.precision, engine_dir)
+            plan = trt_backend.plan_engine(manifest, net, precision, engine_dir)
             state = engine_cache.check(engine_dir, plan.key, verify_hash=False)
             out[net] = {"file": state.path.name, "sha256": state.engine_sha256, "status": state.status}
         return out
-    kind = "tflite_int8" if cfg.inference.precision == "int8" else "tflite_fp32"
+    kind = "tflite_int8" if precision == "int8" else "tflite_fp32"
     for net in ("detector", "classifier"):
         name = manifest.entry(net)["files"].get(kind)
         out[net] = {"file": name, "sha256": manifest.entry(net)["sha256"].get(name), "status": "tflite"}

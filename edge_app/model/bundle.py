@@ -400,7 +400,7 @@ class ModelBundle:
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
                  threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
                  tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0,
-                 box_refine: bool = False, site: str | Path | None = None):
+                 box_refine: bool = False, site: str | Path | None = None, data_dir: str | Path | None = None):
         self.manifest = Manifest.load(model_dir)
         # A site profile is checked before any network loads: a refused one stops here with its reason.
         self.site = None
@@ -409,6 +409,11 @@ class ModelBundle:
 
             self.site = site_profile.load(site, self.manifest)
         self.backend_name = resolve_backend_name(backend)
+        # "auto": measured once per CPU and model (edge_app.model.precision), cached in the data dir
+        from edge_app.model import precision as auto_precision
+
+        precision = auto_precision.resolve(precision, self.backend_name, self.manifest, paths.data_dir(data_dir),
+                                           threads)
         self.precision = precision
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
@@ -424,7 +429,7 @@ class ModelBundle:
                    threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
                    engine_dir=paths.engine_dir(cfg.inference.engine_dir, data_dir), tta_views=cfg.model.tta_views,
                    detector_flip=cfg.model.detector_flip, box_scale=cfg.model.box_scale,
-                   box_refine=cfg.model.box_refine, site=cfg.model.site)
+                   box_refine=cfg.model.box_refine, data_dir=data_dir, site=cfg.model.site)
 
     @property
     def version(self) -> str:

@@ -51,9 +51,10 @@ class SessionInfo:
     meta: dict
 
 
-def device_calibration(cfg, box_scale: float, box_refine: bool = False) -> dict:
+def device_calibration(cfg, box_scale: float, box_refine: bool = False, bundle=None) -> dict:
     """The per-device settings that shape what the network sees and the boxes it gives, as stored with
-    each new session: the box scale and refinement in force and the blank-field capture (path and sha256)."""
+    each new session: the box scale and refinement in force and the blank-field capture (path and sha256);
+    with ``bundle``, also the precision it runs (``auto`` resolved) and its mirrored pass and crop views."""
     flat = cfg.capture.flat_field
     digest = None
     if flat:
@@ -61,8 +62,13 @@ def device_calibration(cfg, box_scale: float, box_refine: bool = False) -> dict:
             digest = sha256_file(flat)
         except OSError:  # the pipeline has already refused an unreadable one; never block counting here
             digest = None
-    return {"box_scale": float(box_scale), "box_refine": bool(box_refine), "flat_field": flat,
-            "flat_field_sha256": digest}
+    out = {"box_scale": float(box_scale), "box_refine": bool(box_refine), "flat_field": flat,
+           "flat_field_sha256": digest}
+    if bundle is not None:
+        out.update(precision=getattr(bundle, "precision", None),
+                   detector_flip=bool(getattr(bundle.detector, "flip", False)),
+                   tta_views=int(getattr(bundle.classifier, "views", 1)))
+    return out
 
 
 def open_or_resume(store: Store, cfg, *, live: bool, sample_id: str | None, backend: str, model_version: str,
@@ -123,7 +129,7 @@ class LiveRun:
                                    model_version=bundle.version, target=self.target,
                                    wbc_count=wbc_count if wbc_count is not None else cfg.tally.wbc_count,
                                    calibration=device_calibration(cfg, bundle.detector.box_scale,
-                                                                      bundle.detector.refine))
+                                                                      bundle.detector.refine, bundle))
         self.capture = CaptureThread(source, max_backoff_s=cfg.capture.reopen_max_backoff_s, max_frames=max_frames,
                                      wait_for_source=cfg.capture.wait_for_camera)
         self.writer = StoreWriter(store, cfg.store.crop_size, cfg.store.jpeg_quality)
