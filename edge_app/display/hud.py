@@ -40,6 +40,7 @@ class HudInfo:
     selected: int | None = None
     reclassify_mode: bool = False
     finished: str = ""  # shown large when the session ends (target reached / source ended)
+    site: str = ""  # the site profile's name when one is in force (the classifier is not the network alone)
 
 
 def _text(img, s, org, scale=0.55, colour=WHITE, thick=1, backing=False):
@@ -78,6 +79,8 @@ def render_hud(state, pipeline, info: HudInfo) -> np.ndarray:
     _text(canvas, "WBC differential", (10, 26), 0.7, WHITE, 2)
     _text(canvas, f"session {info.session[:8]}", (250, 26), 0.55, GREY)
     _text(canvas, f"{info.fps:5.1f} fps  {info.backend}", (W - 250, 26), 0.6, WHITE)
+    if info.site:
+        _text(canvas, f"site: {info.site[:28]}", (430, 26), 0.55, AMBER)
 
     # -- live frame
     if state is not None:

@@ -44,6 +44,17 @@ def session_result(store: Store, session_id: str, ci_method: str = "wilson") -> 
     return row, payload, False
 
 
+def site_line(row: dict) -> str | None:
+    """'site profile NAME (sha256 ...)' from the session's recorded calibration, or None (the network alone)."""
+    try:
+        cal = json.loads(row.get("calibration") or "null")
+    except ValueError:
+        return None
+    if not isinstance(cal, dict) or not cal.get("site_profile"):
+        return None
+    return f"site profile {cal['site_profile']} (sha256 {str(cal.get('site_profile_sha256') or '')[:12]})"
+
+
 def text_summary(row: dict, payload: dict, final: bool) -> str:
     lines = [f"session {row['id']}  status {row['status']}" + ("" if final else "  (PRELIMINARY: not finalised)"),
              f"sample {row['sample_id'] or '-'}  operator {row['operator'] or '-'}  device {row['device'] or '-'}",
@@ -55,6 +66,9 @@ def text_summary(row: dict, payload: dict, final: bool) -> str:
         lo, hi = payload["ci95"][k]
         ab = f"   {payload['absolute'][k]:.2f} x10^9/L" if payload.get("absolute") else ""
         lines.append(f"{k:<12}{payload['counts'][k]:>5}{payload['percent'][k]:>8.1f}   [{lo:5.1f}, {hi:5.1f}]{ab}")
+    site = site_line(row)
+    if site:
+        lines.insert(3, site)
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ Restart policy after a crash or power cut (a session still 'open'):
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -51,6 +52,23 @@ class SessionInfo:
     meta: dict
 
 
+def stored_calibration(store: Store, session_id: str) -> dict | None:
+    """The calibration JSON recorded when the session opened (None for sessions from before the column)."""
+    raw = store.session(session_id)["calibration"]
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def site_calibration(bundle) -> dict:
+    """The site profile a session counts with (name, sha256 of its profile.json, model version), or nulls."""
+    site = getattr(bundle, "site", None)
+    if site is None:
+        return {"site_profile": None, "site_profile_sha256": None}
+    return site.calibration()
+
+
 def device_calibration(cfg, box_scale: float, box_refine: bool = False, bundle=None) -> dict:
     """The per-device settings that shape what the network sees and the boxes it gives, as stored with
     each new session: the box scale and refinement in force and the blank-field capture (path and sha256);
@@ -68,6 +86,7 @@ def device_calibration(cfg, box_scale: float, box_refine: bool = False, bundle=N
         out.update(precision=getattr(bundle, "precision", None),
                    detector_flip=bool(getattr(bundle.detector, "flip", False)),
                    tta_views=int(getattr(bundle.classifier, "views", 1)))
+        out.update(site_calibration(bundle))
     return out
 
 
@@ -165,7 +184,9 @@ class LiveRun:
     def _show(self, state, fps: float, keys_state: dict, finished: str = "") -> None:
         if self.headless and self.recorder is None:
             return  # nobody looks: do not spend the frame budget drawing
+        site = getattr(self.bundle, "site", None)
         info = HudInfo(fps=fps, backend=self.bundle.backend_name, session=self.info.session_id,
+                       site=site.name if site is not None else "",
                        capture_message=self.blocked or self.capture.message,
                        capture_ok=not self.blocked and self.capture.state in (CaptureState.STREAMING,
                                                                                 CaptureState.ENDED),
@@ -249,6 +270,8 @@ class LiveRun:
         if self.finalise and reason in ("target", "source-ended", "quit") and not self.writer.error:
             payload = p.tally.payload(session_id=self.info.session_id, meta=self.info.meta, frames=p.frames,
                                       fps=fps, finalised_at=utcnow())
+            # What the session was counted with (its stored calibration: a resumed session keeps its own).
+            payload["device_calibration"] = stored_calibration(self.store, self.info.session_id)
             destinations = () if self.blocked else ("fhir",)
             if self.blocked:  # kept with the result, so no later send (lis, sync) can deliver it either
                 payload["not_reported"] = self.blocked

@@ -105,7 +105,9 @@ def build_bundle(result: ResultPayload, identifier_system: str, gallery: Sequenc
     specimen = ({"identifier": {"system": SAMPLE_ID_SYSTEM, "value": result.sample_id}, "type": "Specimen"}
                 if result.sample_id else None)
     method_bits = ", ".join(b for b in (f"model {result.model_version}" if result.model_version else None,
-                                        result.backend) if b)
+                                        result.backend,
+                                        f"site profile {result.site_profile}" if result.site_profile else None)
+                            if b)
     method = {"text": "Automated image classification of a blood smear (wbc-counter"
                       + (f"; {method_bits}" if method_bits else "") + ")"}
 
@@ -130,6 +132,9 @@ def build_bundle(result: ResultPayload, identifier_system: str, gallery: Sequenc
         }
         if specimen:
             obs["specimen"] = specimen
+        if result.site_profile:  # device calibration: the site's head was mixed into the classifier
+            obs["component"].append(_component("site-profile", "Site profile (device calibration)",
+                                               valueString=result.site_profile))
         if result.device:
             obs["device"] = {"identifier": {"system": DEVICE_ID_SYSTEM, "value": result.device},
                              "display": result.device}

@@ -18,6 +18,15 @@ from edge_app.sync.errors import PermanentError
 logger = logging.getLogger(__name__)
 
 
+def site_text(payload: dict) -> Optional[str]:
+    """The site profile of a payload's device calibration as one text ("NAME (sha256 0123456789ab)"), or None."""
+    cal = payload.get("device_calibration")
+    if not isinstance(cal, dict) or not cal.get("site_profile"):
+        return None
+    sha = str(cal.get("site_profile_sha256") or "")[:12]
+    return f"{cal['site_profile']} (sha256 {sha})" if sha else str(cal["site_profile"])
+
+
 @dataclass(frozen=True)
 class ResultPayload:
     result_id: str
@@ -38,6 +47,8 @@ class ResultPayload:
     flagged: int
     corrections: int
     finalised_at: str
+    # The site profile the count was made with ("NAME (sha256 ...)"), None = the network alone.
+    site_profile: Optional[str] = None
     # Sign-off (edge_app.review.signoff): None / 1 / False for a result nobody signed.
     signed_by: Optional[str] = None
     signed_at: Optional[str] = None
@@ -92,7 +103,8 @@ class ResultPayload:
             ci_method=str(payload.get("ci_method") or "wilson"), other=int(payload.get("other") or 0),
             frames=int(payload.get("frames") or 0), target=int(payload.get("target") or 0),
             flagged=int(payload.get("flagged") or 0), corrections=int(payload.get("corrections") or 0),
-            finalised_at=finalised_at, signed_by=text("signed_by"), signed_at=text("signed_at"),
+            finalised_at=finalised_at,
+            site_profile=site_text(payload), signed_by=text("signed_by"), signed_at=text("signed_at"),
             version=int(payload.get("version") or 1), amendment_reason=text("amendment_reason"))
 
     def ci_text(self, cls_name: str) -> str:
