@@ -1,12 +1,13 @@
 """``wbc-counter adapt``: fit a site profile on verified cells; or revert the one in use.
 
-    wbc-counter adapt --labels FILE.csv --out DIR [--model-dir DIR] [--name NAME]
+    wbc-counter adapt --labels FILE.csv --out DIR [--model-dir DIR] [--name NAME] [--held-back FILE.csv]
     wbc-counter adapt --from-store [--data-dir D] [--since DATE] --out DIR
     wbc-counter adapt --revert --config FILE
 
 The cells are run through the kiosk's own classifier (its backend, precision
 and views, without any profile in force) and a quarter of each class (at least
-one cell of every class with two or more) is held back. The head
+one cell of every class with two or more) is held back (or ``--held-back``
+names the cells to score on, and every ``--labels`` cell is fitted). The head
 (``edge_app.site.head``) is fitted on the rest; the network and the profile
 are then both scored on the held-back cells. A profile worse than the network
 on them is refused and nothing is written. The last stdout line is one JSON
@@ -52,6 +53,9 @@ def add_parser(sub):
     src.add_argument("--revert", action="store_true",
                      help="remove [model] site from the --config file: count with the network alone")
     p.add_argument("--out", type=Path, help="the profile folder to write")
+    p.add_argument("--held-back", type=Path, default=None, metavar="FILE.csv",
+                   help="score the profile on these verified cells (same format) instead of holding back a "
+                        "quarter of the --labels cells")
     p.add_argument("--since", default=None, help="with --from-store: only cells verified after this (ISO date)")
     p.add_argument("--name", default=None, help="the profile's name, shown on the screen (default: the folder's)")
     p.add_argument("--model-dir", default=None, help="folder with manifest.json (default: shipped models/)")
@@ -66,7 +70,10 @@ def main(args) -> int:
         return 2
     from edge_app.site import cells as site_cells
 
+    held = None
     try:
+        if args.held_back is not None:
+            held = site_cells.read_csv(args.held_back)
         if args.labels is not None:
             cellset = site_cells.read_csv(args.labels)
         else:
@@ -82,7 +89,7 @@ def main(args) -> int:
     except site_cells.LabelsError as exc:
         print(f"wbc-counter adapt: error: {exc}", file=sys.stderr)
         return 2
-    return fit_and_write(args, cellset)
+    return fit_and_write(args, cellset, held)
 
 
 def _bundle(args):
@@ -104,8 +111,21 @@ def held_back_split(labels: np.ndarray, seed: int) -> np.ndarray:
     return mask
 
 
-def fit_and_write(args, cellset) -> int:
+def _features(bundle, cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings, network probabilities, labels) of the labelled cells, framed as ``classify`` frames them."""
     from edge_app.imaging import framing
+
+    labelled = [c for c in cells if c.label is not None]
+    emb, probs = [], []
+    for cell in labelled:
+        crop = cell.image_rgb if cell.framed else framing.frame_cell(bundle.detector, cell.image_rgb)
+        res = bundle.classifier(crop)
+        emb.append(res.embedding)
+        probs.append(res.probs)
+    return np.stack(emb), np.stack(probs), np.array([c.label for c in labelled], int)
+
+
+def fit_and_write(args, cellset, held_set=None) -> int:
     from edge_app.site import head as site_head
     from edge_app.site import profile as site_profile
 
@@ -115,17 +135,15 @@ def fit_and_write(args, cellset) -> int:
             print(f"wbc-counter adapt: error: the model in {bundle.manifest.dir} outputs no embedding; install a "
                   "model release with embedding outputs", file=sys.stderr)
             return 2
-        labelled = [c for c in cellset.cells if c.label is not None]
-        emb, probs = [], []
-        for cell in labelled:
-            crop = cell.image_rgb if cell.framed else framing.frame_cell(bundle.detector, cell.image_rgb)
-            res = bundle.classifier(crop)
-            emb.append(res.embedding)
-            probs.append(res.probs)
-        x, shipped = np.stack(emb), np.stack(probs)
-        y = np.array([c.label for c in labelled], int)
+        x, shipped, y = _features(bundle, cellset.cells)
+        if held_set is not None:  # an explicit held-back set: every --labels cell is fitted
+            hx, hshipped, hy = _features(bundle, held_set.cells)
+            x, shipped, y = np.concatenate([x, hx]), np.concatenate([shipped, hshipped]), np.concatenate([y, hy])
         w0, b0 = site_head.shipped_head(bundle.manifest.file("classifier", "onnx"))
-        hold = held_back_split(y, int(cellset.inputs_sha256[:8], 16))
+        if held_set is not None:
+            hold = np.arange(len(y)) >= len(y) - len(hy)
+        else:
+            hold = held_back_split(y, int(cellset.inputs_sha256[:8], 16))
         if not hold.any() or hold.all():
             print("wbc-counter adapt: error: too few verified cells to check a profile: it needs at least two "
                   "cells of one class (one is held back to test it)", file=sys.stderr)
@@ -150,7 +168,9 @@ def fit_and_write(args, cellset) -> int:
                           bundle.manifest.entry("classifier")["files"]["onnx"]]},
             "fitted_with": {"backend": bundle.backend_name, "precision": bundle.precision,
                             "views": bundle.classifier.views},
-            "inputs": {"source": cellset.source, "sha256": cellset.inputs_sha256},
+            "inputs": {"source": cellset.source, "sha256": cellset.inputs_sha256,
+                       **({"held_back": held_set.source, "held_back_sha256": held_set.inputs_sha256}
+                          if held_set is not None else {})},
             "cells": cellset.counts(),
             "fitted_cells": int((~hold).sum()),
             "verified_by": cellset.verified_by(),
