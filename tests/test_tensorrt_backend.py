@@ -258,3 +258,28 @@ def test_model_bundle_runs_on_tensorrt_through_create_backend(monkeypatch, bundl
         assert detections and all(d.box.shape == (4,) for d in detections)
     finally:
         mb.close()
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0"])
+def test_shipped_classifier_embedding_outputs_bound_by_name(monkeypatch, tmp_path, version):
+    """The shipped classifier's four outputs (probs, attention, embedding_0, embedding_1; the two embeddings
+    share a shape) come back in manifest order, equal to the graph's, and the Classifier reads the embedding."""
+    from edge_app.imaging import preprocess
+    from edge_app.model.bundle import Classifier
+
+    trt_fakes.install(monkeypatch, version=version)
+    manifest = Manifest.load()
+    names = [o["name"] for o in manifest.entry("classifier")["outputs"]]
+    assert names[2:] == ["embedding_0", "embedding_1"]
+    crop = preprocess.read_rgb(str(Path(__file__).resolve().parent.parent / "calibration" / "crops"
+                                   / "pbc_BA_901979.jpg"))
+    x = preprocess.model_input("classifier", crop)
+    with trt_backend.TensorRTBackend.from_manifest(manifest, "classifier", "fp16", tmp_path / "engines") as be:
+        outs = be.infer(x)
+        ref = _onnx_reference(manifest, "classifier", x)
+        assert [o.shape for o in outs] == [tuple(o["shape"]) for o in manifest.entry("classifier")["outputs"]]
+        for got, want in zip(outs, ref):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(outs[2], outs[3])  # two members, two different vectors, not one bound twice
+        res = Classifier.for_manifest(be, manifest)(crop)
+        assert res.embedding.shape == (1024,) and res.label == "basophil"
