@@ -2,8 +2,9 @@
 # Set up and run the whole test suite (the README's test command; .ci/run calls it).
 #   ./scripts/test.sh [pytest args]
 # Installs what the tests need and that this checkout cannot carry: the Python
-# package with its test extra (in .venv), socat / Xvfb / systemd-analyze from
-# Debian when missing (root only), and the Medplum FHIR engine from npm.
+# package with its test extra (in .venv), socat / Xvfb / systemd-analyze /
+# chromium + chromium-driver (the review page's browser test) from Debian when
+# missing (root only), and the Medplum FHIR engine from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,6 +14,8 @@ command -v socat >/dev/null || need_apt+=(socat)
 command -v Xvfb >/dev/null || need_apt+=(xvfb)
 command -v xwd >/dev/null || need_apt+=(x11-apps)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_apt[*]} (Debian)"

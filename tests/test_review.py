@@ -268,3 +268,21 @@ def test_five_part_order_is_the_key_order():
     from edge_app.review.model import KEYS
     assert [KEYS[str(i)] for i in range(1, 7)] == list(CLASSES) and KEYS["x"] == "x"
     assert list(FIVE_PART) == list(CLASSES[:5])
+
+
+def test_an_incomplete_count_is_signed_only_knowingly(tmp_path):
+    store = Store(tmp_path)
+    if "state" not in {r[1] for r in store.conn.execute("PRAGMA table_info(results)")}:
+        pytest.skip("results.state (migration 0003) is not in this tree")
+    sid, _, _ = _count(store)
+    store.conn.execute("UPDATE results SET state='incomplete', reason='the video ended early' WHERE session_id=?",
+                       (sid,))
+    with pytest.raises(ReviewError, match="INCOMPLETE count .the video ended early"):
+        sign(store, sid, "dr.a")
+    assert not store_review.state(store, sid).signed
+    p = sign(store, sid, "dr.a", incomplete_ok=True)
+    assert p["signed_incomplete"] is True and p["signed_by"] == "dr.a"
+    store.conn.execute("UPDATE results SET state='no-result' WHERE session_id=?", (sid,))
+    reopen(store, sid, "dr.a", "recount")
+    with pytest.raises(ReviewError, match="no result to sign"):
+        sign(store, sid, "dr.a", incomplete_ok=True)

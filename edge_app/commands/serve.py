@@ -70,6 +70,7 @@ def main(args) -> int:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
+        sock.listen(128)  # connections made once the line below is printed wait for uvicorn, not refused
     except OSError as exc:
         print(f"wbc-counter serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
               "(another program on that port? pick one with --port)", file=sys.stderr)

@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("session", metavar="SESSION", help="session id (or a unique prefix)")
     p.add_argument("--user", required=True, metavar="NAME", help="who signs (goes into the result and audit)")
     p.add_argument("--reason", default=None, metavar="TEXT", help="why, for an amendment of a signed result")
+    p.add_argument("--incomplete", action="store_true",
+                   help="sign a count that ended early (INCOMPLETE), knowing so; it is then sent as such")
     return p
 
 
@@ -38,7 +40,7 @@ def main(args) -> int:
         return 2
     with Store(args.data_dir) as store:
         try:
-            payload = sign(store, args.session, args.user, args.reason)
+            payload = sign(store, args.session, args.user, args.reason, incomplete_ok=args.incomplete)
         except AlreadySigned as exc:
             print(f"wbc-counter sign: {exc}", file=sys.stderr)
             return 0

@@ -6,7 +6,9 @@ amendment, why the result was re-opened, and hands it to
 ``edge_app.store.review.store_signoff``, which freezes it and queues the
 amendment for every destination. Payload keys added: ``version``,
 ``signed_by``, ``signed_at``, ``amended``, ``amendment_reason``,
-``verified_cells`` and ``not_leukocyte``.
+``verified_cells`` and ``not_leukocyte``, and ``signed_incomplete`` when the reviewer
+signed a count that ended early (``results.state`` 'incomplete') knowing so; a
+'no-result' count (no cell) has nothing to sign.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ class AlreadySigned(ReviewError):
     """The result is signed already and nothing was re-opened."""
 
 
+def result_state(store: Store, session_id: str) -> tuple[str, Optional[str]]:
+    """(state, reason) of the session's result: 'final', 'incomplete' or 'no-result'."""
+    row = store.conn.execute("SELECT * FROM results WHERE session_id=?", (session_id,)).fetchone()
+    if row is None:
+        return "final", None
+    keys = row.keys()
+    return (row["state"] if "state" in keys else "final") or "final", row["reason"] if "reason" in keys else None
+
+
 def signed_payload(store: Store, session_id: str, user: str, version: int, reason: Optional[str],
-                   now: Optional[str] = None) -> dict:
+                   now: Optional[str] = None, incomplete_ok: bool = False) -> dict:
     from edge_app.review.model import tally_for
 
     row = dict(store.session(session_id))
@@ -37,6 +48,13 @@ def signed_payload(store: Store, session_id: str, user: str, version: int, reaso
     if base is None:
         raise ReviewError(f"session {session_id[:8]} has no result yet (status '{row['status']}'): "
                           "finish the count before signing it")
+    state, why = result_state(store, session_id)
+    if state == "no-result":
+        raise ReviewError(f"session {session_id[:8]} has no result to sign ({why or 'no cell counted'}): "
+                          "count the sample again")
+    if state == "incomplete" and not incomplete_ok:
+        raise ReviewError(f"session {session_id[:8]} is an INCOMPLETE count ({why or 'the source ended early'}): "
+                          "sign it only knowing so (--incomplete; on the review page, tick the box)")
     tally = tally_for(store, session_id, base, row)
     reviews = store_review.reviews(store, session_id)
     # Kiosk corrections are in the corrections table already; add the reviewers' changes.
@@ -49,13 +67,15 @@ def signed_payload(store: Store, session_id: str, user: str, version: int, reaso
         "version": version, "signed_by": user, "signed_at": now or utcnow(), "amended": version > 1,
         "amendment_reason": reason if version > 1 else None,
         "verified_cells": len(store_review.reviewed_cell_ids(store, session_id)),
+        "signed_incomplete": state == "incomplete",
         "not_leukocyte": store.conn.execute("SELECT COUNT(*) FROM cells WHERE session_id=? AND deleted=0 AND "
                                             "label='x'", (session_id,)).fetchone()[0],
     })
     return payload
 
 
-def sign(store: Store, session_id: str, user: str, reason: Optional[str] = None) -> dict:
+def sign(store: Store, session_id: str, user: str, reason: Optional[str] = None,
+         incomplete_ok: bool = False) -> dict:
     """Sign the open version of a session's result; returns the signed payload.
 
     For an amendment (version > 1) ``reason`` defaults to the re-open's reason.
@@ -70,7 +90,7 @@ def sign(store: Store, session_id: str, user: str, reason: Optional[str] = None)
         raise AlreadySigned(f"session {sid[:8]} is signed already (version {st.version}, by {st.signed_by} at "
                             f"{st.signed_at[:19]}); to amend it, re-open it with a reason")
     why = (reason or "").strip() or st.reason
-    payload = signed_payload(store, sid, user, st.version, why)
+    payload = signed_payload(store, sid, user, st.version, why, incomplete_ok=incomplete_ok)
     store_review.store_signoff(store, sid, st.version, user, payload, why)
     return payload
 

@@ -175,7 +175,8 @@ class ReviewApp:
         return self.page("review.html", m=m, group=group, cells=m.group(group), groups=m.groups(),
                          summary=m.summary(), next_group=nxt, user=self.user(request),
                          csrf=self.session(request).csrf, versions=store_review.versions(self.store, m.session_id),
-                         attention=self.attention_available(), message=request.query_params.get("msg", ""))
+                         attention=self.attention_available(), message=request.query_params.get("msg", ""),
+                         result_state=signoff.result_state(self.store, m.session_id))
 
     async def summary(self, request: Request) -> Response:
         if not self.user(request):
@@ -237,7 +238,8 @@ class ReviewApp:
 
     async def sign(self, request: Request) -> Response:
         def act(sid, f, user):
-            p = signoff.sign(self.store, sid, user, f.get("reason") or None)
+            p = signoff.sign(self.store, sid, user, f.get("reason") or None,
+                             incomplete_ok=f.get("incomplete") == "yes")
             return f"signed by {user} (version {p['version']})"
         return await self._form_change(request, act)
 
