@@ -79,7 +79,7 @@ def explain(exc: BaseException, data_dir: Path) -> str:
 
     from edge_app.store import db
 
-    if db.is_disk_full(exc):
+    if db.is_disk_full(exc, data_dir):
         return fsutil.disk_full_message(data_dir)
     if fsutil.is_disk_full(exc):
         where = Path(exc.filename).parent if getattr(exc, "filename", None) else data_dir

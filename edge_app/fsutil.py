@@ -117,6 +117,19 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def nearly_full(folder: str | Path, margin: int = 1 << 20) -> bool:
+    """Less than ``margin`` bytes left for an unprivileged writer where ``folder`` lives (a missing
+    folder is measured at its nearest existing parent)."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
+
+
 def disk_full_message(folder: str | Path) -> str:
     return (f"the disk holding {folder} is full: free space there (send pending results, delete old exports "
             "and reports), then try again; nothing already committed was lost")

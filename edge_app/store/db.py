@@ -19,7 +19,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from edge_app import paths
+from edge_app import fsutil, paths
 from edge_app.labels import NOT_LEUKOCYTE
 from edge_app.store import review
 
@@ -37,6 +37,7 @@ class StoreError(RuntimeError):
 # SQLite's own companions of the database file: a link at any of them would be followed by SQLite.
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
 SQLITE_FULL = 13
+SQLITE_IOERR = 10
 
 
 def damaged_message(path: str | Path, exc: BaseException) -> str:
@@ -49,10 +50,16 @@ def damaged_message(path: str | Path, exc: BaseException) -> str:
             "call service if it fails")
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """SQLite's 'database or disk is full' (the OSError side is ``fsutil.is_disk_full``)."""
-    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
-                                                or "disk is full" in str(exc))
+def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
+    """SQLite's 'database or disk is full' (the OSError side is ``fsutil.is_disk_full``); with ``folder``,
+    also an I/O error while the disk there is full (SQLite cannot create the -shm/-wal file then)."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == SQLITE_FULL or "disk is full" in str(exc):
+        return True
+    io_error = (code is not None and code & 0xFF == SQLITE_IOERR) or "disk I/O error" in str(exc)
+    return bool(folder is not None and io_error and fsutil.nearly_full(folder))
 
 
 def is_damaged(exc: BaseException) -> bool:
@@ -60,7 +67,9 @@ def is_damaged(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.DatabaseError) or is_disk_full(exc):
         return False
     text = str(exc)
-    return not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text
+    # "no such table": the file says it is migrated (user_version) but its tables are gone
+    return not isinstance(exc, sqlite3.OperationalError) or any(
+        s in text for s in ("malformed", "not a database", "no such table"))
 
 
 def _refuse_links(path: Path) -> None:
@@ -126,9 +135,8 @@ class Store:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise StoreError(f"the database at {self.path} stayed locked by another wbc-counter process "
                                  "for 30 s: try again in a minute") from exc
-            if is_disk_full(exc):
-                raise StoreError(f"the disk holding {self.data_dir} is full ({exc}): free space there; nothing "
-                                 "already committed was lost") from exc
+            if is_disk_full(exc, self.data_dir):
+                raise StoreError(f"{fsutil.disk_full_message(self.data_dir)} ({exc})") from exc
             if is_damaged(exc):
                 raise StoreError(damaged_message(self.path, exc)) from exc
             raise StoreError(f"the database at {self.path} cannot be read ({exc}): call service and do not "
