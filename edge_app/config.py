@@ -38,6 +38,11 @@ class ModelConfig(_Strict):
     # Also run the detector on the mirrored frame and average (None = the
     # manifest's tta_flip). false halves the detector's cost per frame.
     detector_flip: Optional[bool] = None
+    # The live loop (run, bench) votes each cell over several frames and needs less per frame than one
+    # image does: its own mirrored pass and crop views (None = as detector_flip / tta_views above).
+    # Measured on slide pans: scripts/research/README.md, "Live loop: what pays".
+    live_detector_flip: Optional[bool] = False
+    live_tta_views: Optional[Literal[1, 2, 4, 8]] = None
     # Per-camera box calibration: detected boxes are scaled about their centres by this before
     # tracking, cropping and display. 1.0 = as the network regresses them; a camera whose cells
     # come out boxed too large gets the factor `python -m scripts.training.box_fit` suggests from that
@@ -57,6 +62,9 @@ class InferenceConfig(_Strict):
     # outputs first (measured once per CPU and model, cached in the data dir); on TensorRT int8.
     precision: Literal["auto", "int8", "fp32", "fp16"] = "auto"
     threads: int = Field(2, ge=1, le=64)
+    # Flat field, quality gate and stage motion of each frame run on the capture thread, beside its
+    # decoding, so they overlap the networks of the frame before (every frame still in order).
+    overlap_analysis: bool = True
     # Where TensorRT engines and calibration caches are kept (None = <data-dir>/engines).
     engine_dir: Optional[str] = None
 

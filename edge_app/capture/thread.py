@@ -35,8 +35,11 @@ class CaptureThread(threading.Thread):
 
     def __init__(self, source: FrameSource, drop_stale: bool | None = None, queue_size: int = 3,
                  first_backoff_s: float = 0.5, max_backoff_s: float = 10.0, max_frames: int | None = None,
-                 wait_for_source: bool = False):
+                 wait_for_source: bool = False, prepare=None):
         super().__init__(name="capture", daemon=True)
+        # Optional per-frame work done here, on every decoded frame in order, before it is handed out
+        # (the pipeline's flat field, quality gate and stage motion): it then overlaps the consumer's.
+        self.prepare = prepare
         self.source = source
         self.drop_stale = source.live if drop_stale is None else drop_stale
         self.capacity = 1 if self.drop_stale else max(1, queue_size)
@@ -162,6 +165,14 @@ class CaptureThread(threading.Thread):
                     self._set(CaptureState.ENDED, "end of source")
                     break
                 self.read_count += 1
+                if self.prepare is not None:
+                    try:
+                        frame = self.prepare(frame)
+                    except Exception as exc:  # a bug or a bad frame: said, never a silently short count
+                        logger.exception("frame analysis failed")
+                        self.error = f"frame {self.read_count} could not be analysed: {exc}"
+                        self._set(CaptureState.FAILED, self.error)
+                        break
                 self._put(frame)
         finally:
             self.source.close()

@@ -58,7 +58,7 @@ def add_source_args(p) -> None:
 def load_bundle(cfg, data_dir):
     from edge_app.model.bundle import ModelBundle
 
-    return ModelBundle.from_config(cfg, data_dir)
+    return ModelBundle.from_config(cfg, data_dir, live=True)
 
 
 def write_summary(path: str, payload: dict) -> None:

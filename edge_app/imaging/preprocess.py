@@ -88,6 +88,11 @@ def normalise_background(image_rgb: np.ndarray, background: np.ndarray | None = 
     """
     bg = estimate_background(image_rgb) if background is None else background
     gain = (BACKGROUND_LEVEL / bg).astype(np.float32)
+    if image_rgb.dtype == np.uint8 and image_rgb.ndim == 3 and image_rgb.shape[2] == 3:
+        # An 8-bit channel has 256 values: the same float32 products looked up from a table are
+        # bit-identical to multiplying every pixel, and about ten times cheaper on a frame.
+        lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0.0, 255.0)
+        return cv2.LUT(np.ascontiguousarray(image_rgb), lut.reshape(1, 256, 3))
     out = image_rgb.astype(np.float32) * gain
     return np.clip(out, 0.0, 255.0, out=out)
 

@@ -423,12 +423,16 @@ class ModelBundle:
                                                   self.site.head if self.site else None)
 
     @classmethod
-    def from_config(cls, cfg, data_dir: str | Path) -> "ModelBundle":
-        """The bundle an ``AppConfig`` asks for (every verb builds it this way)."""
+    def from_config(cls, cfg, data_dir: str | Path, live: bool = False) -> "ModelBundle":
+        """The bundle an ``AppConfig`` asks for (every verb builds it this way). ``live`` (run, bench): the
+        mirrored pass and crop views of ``[model] live_detector_flip`` / ``live_tta_views`` where set."""
+        m = cfg.model
+        flip = m.live_detector_flip if live and m.live_detector_flip is not None else m.detector_flip
+        views = m.live_tta_views if live and m.live_tta_views is not None else m.tta_views
         return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
                    threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
-                   engine_dir=paths.engine_dir(cfg.inference.engine_dir, data_dir), tta_views=cfg.model.tta_views,
-                   detector_flip=cfg.model.detector_flip, box_scale=cfg.model.box_scale,
+                   engine_dir=paths.engine_dir(cfg.inference.engine_dir, data_dir), tta_views=views,
+                   detector_flip=flip, box_scale=cfg.model.box_scale,
                    box_refine=cfg.model.box_refine, data_dir=data_dir, site=cfg.model.site)
 
     @property

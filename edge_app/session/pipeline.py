@@ -120,8 +120,29 @@ class FrameState:
     message: str = ""
 
 
+@dataclass
+class AnalysedFrame:
+    """A frame with what needs only it and the frames before it: the flat-field-corrected image, its
+    quality verdict and its slide origin (stage motion), and the milliseconds each took."""
+
+    frame: object  # the source's Frame
+    image: np.ndarray
+    quality: FrameQuality
+    origin: np.ndarray  # slide coordinates of this frame's pixel (0, 0)
+    ms: dict
+
+    @property
+    def index(self) -> int:
+        return self.frame.index
+
+    @property
+    def decode_ms(self) -> float:
+        return self.frame.decode_ms
+
+
 class Pipeline:
-    """Per-frame processing of one session. Not thread-safe: one loop drives it."""
+    """Per-frame processing of one session. One loop drives ``step``; ``analyse`` may run on the capture
+    thread (frames in order), which then alone touches the quality gate and the stage motion."""
 
     def __init__(self, bundle, writer, tally: Tally, session_id: str, cfg, operator: str | None = None,
                  frames_done: int = 0):
@@ -155,22 +176,30 @@ class Pipeline:
                 raise ConfigError(f"capture.flat_field: {exc}") from None
 
     # -- the hot path -------------------------------------------------------
-    def step(self, frame) -> FrameState:
-        times = self.times
+    def analyse(self, frame) -> AnalysedFrame:
+        """Flat field, quality gate and stage motion of one frame. The capture thread runs it on every
+        decoded frame, in order, so it overlaps the networks of the frame before (``[inference]
+        overlap_analysis``); ``step`` runs it itself for a frame handed in plain."""
         t0 = time.perf_counter()
         img = frame.image if self.flat is None else self.flat.apply(frame.image)
-        h, w = img.shape[:2]
         t1 = time.perf_counter()
-        times.add("decode", frame.decode_ms)
-        times.add("flat_field", (t1 - t0) * 1000)
-
         grey = grey_small(img)
         quality = self.gate.assess(img, grey)
         t2 = time.perf_counter()
-        self.motion.update(grey, w)
+        self.motion.update(grey, img.shape[1])
         t3 = time.perf_counter()
-        times.add("quality", (t2 - t1) * 1000)
-        times.add("motion", (t3 - t2) * 1000)
+        return AnalysedFrame(frame, img, quality, self.motion.origin.copy(),
+                             {"flat_field": (t1 - t0) * 1000, "quality": (t2 - t1) * 1000,
+                              "motion": (t3 - t2) * 1000})
+
+    def step(self, frame) -> FrameState:
+        times = self.times
+        a = frame if isinstance(frame, AnalysedFrame) else self.analyse(frame)
+        img, quality = a.image, a.quality
+        h, w = img.shape[:2]
+        times.add("decode", frame.decode_ms)
+        for stage, ms in a.ms.items():
+            times.add(stage, ms)
         t_track = 0.0
 
         counting = quality.ok and not self.stop_counting and not self.target_pending_reached
@@ -188,7 +217,7 @@ class Pipeline:
             boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
             scores = [d.score for d in dets]
             keep = suppress_contained(boxes, scores)
-            matches = self.tracker.update(boxes[keep], [scores[i] for i in keep], self.motion.origin, frame.index,
+            matches = self.tracker.update(boxes[keep], [scores[i] for i in keep], a.origin, frame.index,
                                           (w, h))
             t_track += (time.perf_counter() - t0) * 1000
 
@@ -220,7 +249,7 @@ class Pipeline:
         times.add("classify_network", cls_net_ms)
         times.add("network", net_ms)
         times.add("track", t_track)
-        times.add(_TRACK_ALL, t_track + (t3 - t1) * 1000)
+        times.add(_TRACK_ALL, t_track + a.ms["quality"] + a.ms["motion"])
         t0 = time.perf_counter()
         self.apply_commits()
         times.add("tally", (time.perf_counter() - t0) * 1000)

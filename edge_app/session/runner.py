@@ -162,6 +162,8 @@ class LiveRun:
             logger.error("results will not be reported: %s", self.blocked)
         self.pipeline = Pipeline(bundle, self.writer, self.info.tally, self.info.session_id, cfg,
                                  operator=cfg.kiosk.operator, frames_done=self.info.frames_done)
+        if cfg.inference.overlap_analysis:  # flat field, quality and motion on the capture thread
+            self.capture.prepare = self.pipeline.analyse
         self._stop = threading.Event()
         self._stop_reason = "signal"
 
