@@ -13,7 +13,9 @@ preprocess / network / decode, classify and its network part, track, tally,
 log; p50, p95 and mean per frame) and ``per_frame_ms``: end-to-end time per
 frame (1000 / fps) beside the networks' own time per frame (mean over every
 frame) and their ratio, so the overhead around the networks can be read on any
-machine.
+machine. With ``--site DIR`` (or ``[model] site``): ``site`` with the profile's
+name, sha256 and ``head_ms_per_crop``, the time its head adds per crop (the
+classify stage includes it).
 """
 
 from __future__ import annotations
@@ -75,7 +77,27 @@ def _bench(cfg, bundle, source, data_dir, frames: int) -> dict:
             "tta_views": int(getattr(bundle.classifier, "views", 1)),
             "per_frame_ms": {"end_to_end": round(e2e, 3), "network": round(network, 3),
                              "ratio": round(e2e / network, 3) if network > 0 else None},
-            "stage_detail": times.detail()}
+            "stage_detail": times.detail(), **site_cost(bundle)}
+
+
+def site_cost(bundle, calls: int = 2000) -> dict:
+    """With a site profile (--site / [model] site): its name and the ms per crop its head adds on this CPU
+    (the mix of one crop's embedding with the network's probabilities, timed over ``calls`` crops)."""
+    import time
+
+    import numpy as np
+
+    site = getattr(bundle, "site", None)
+    if site is None:
+        return {}
+    emb = np.full(site.head.weight.shape[1], 0.1, np.float32)
+    probs = np.full(site.head.weight.shape[0], 1.0 / site.head.weight.shape[0], np.float32)
+    site.head.mix(emb, probs)  # first call pays numpy's dispatch set-up
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        site.head.mix(emb, probs)
+    ms = (time.perf_counter() - t0) * 1000 / calls
+    return {"site": {"profile": site.name, "sha256": site.sha256, "head_ms_per_crop": round(ms, 4)}}
 
 
 def main(args) -> int:
