@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf and nan are refused by name for every number (a WBC count of inf,
+    # a threshold of nan would otherwise pass the range checks and break far from the config).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -96,6 +98,14 @@ class QualityConfig(_Strict):
     # Mean grey level outside [min, max] = badly exposed.
     min_brightness: float = Field(40.0, ge=0, le=255)
     max_brightness: float = Field(250.0, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        # min at or above max would pause every frame: a whole run would count nothing.
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError(f"min_brightness ({self.min_brightness:g}) must be below max_brightness "
+                             f"({self.max_brightness:g})")
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -212,6 +222,7 @@ def _read_file(path: Path) -> dict:
         except ImportError as exc:
             raise ConfigError(f"{path}: YAML config needs PyYAML (pip install pyyaml) or use TOML") from exc
         try:
+            _refuse_yaml_aliases(yaml, text, path)
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
@@ -229,14 +240,30 @@ def _read_file(path: Path) -> dict:
     return data
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _refuse_yaml_aliases(yaml, text: str, path: Path) -> None:
+    """Refuse anchors and aliases from the event stream, before anything is built: a few aliases
+    nested ("billion laughs") expand to gigabytes when constructed. A config never needs them."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            raise ConfigError(f"{path}: line {mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                              "accepted in a config; write each value out")
+
+
+def _describe(exc: ValidationError, source: str, given: frozenset = frozenset()) -> str:
+    """One line per error; ``given``: the dotted keys set on the command line (said so, not the file)."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
+        where = "command line" if key in given else source
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}' (check spelling; see config.example.toml)")
+            lines.append(f"{where}: unknown key '{key}' (check spelling; see config.example.toml)")
+        elif err["type"] == "value_error":  # a rule across keys: its message names them
+            msg = err["msg"]
+            msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+            lines.append(f"{where}: bad values in '{key}': {msg}")
         else:
-            lines.append(f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{where}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -262,4 +289,5 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        given = frozenset(k for k, v in (overrides or {}).items() if v is not None)
+        raise ConfigError(_describe(exc, source, given)) from None

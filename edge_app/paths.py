@@ -62,6 +62,11 @@ def bench_dir(data: str | Path) -> Path:
     return Path(data) / "bench"
 
 
+def run_lock_path(data: str | Path) -> Path:
+    """The lock file one counter (``run``, ``bench``) holds for the whole of its session."""
+    return Path(data) / "run.lock"
+
+
 def review_users_path(data: str | Path) -> Path:
     """Per-user review tokens (``wbc-counter serve --add-user``), mode 0600: the LAN login."""
     return Path(data) / "review_users"

@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import paths
+from edge_app import fsutil, paths
 from edge_app.backends import BackendError, resolve_backend_name
 from edge_app.imaging import preprocess
 from edge_app.model.bundle import Classifier, Detector, Manifest, create_backend, sha256_file
 from edge_app.store import Store, StoreError
+from edge_app.store.db import damaged_message
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ def check_database(store: Store) -> Check:
     except Exception as exc:  # sqlite3.DatabaseError on a file that is not a database
         verdict = str(exc)
     if verdict != "ok":
-        return Check("database", False, f"database {store.path} is damaged ({verdict[:120]}); call service and "
-                     "do not delete it: results not yet sent are inside")
+        return Check("database", False, damaged_message(store.path, verdict[:120]))
     return Check("database", True, "integrity ok")
 
 
@@ -174,6 +174,14 @@ def check_engines(manifest: Manifest, precision: str, engine_dir: Path, build: b
     return Check("engine", True, ", ".join(notes))
 
 
+def _plain(name) -> bool:
+    try:
+        fsutil.safe_name(name)
+    except fsutil.UnsafePathError:
+        return False
+    return True
+
+
 def load_reference(manifest: Manifest) -> dict:
     path = manifest.dir / REFERENCE_DIR / REFERENCE_FILE
     try:
@@ -182,6 +190,12 @@ def load_reference(manifest: Manifest) -> dict:
         raise BackendError(f"reference outputs missing: {path} (reinstall the model folder)") from None
     except (OSError, ValueError) as exc:
         raise BackendError(f"reference outputs {path} unreadable: {exc} (reinstall the model folder)") from None
+    items = [i for k in ("classifier", "detector") for i in (ref.get(k) or []) if isinstance(ref.get(k), list)]
+    unsafe = [repr(i.get("file")) if isinstance(i, dict) else repr(i) for i in items
+              if not (isinstance(i, dict) and _plain(i.get("file")))]
+    if unsafe:  # every name in the list is read inside the reference folder, never beside or above it
+        raise BackendError(f"reference list {path} names files outside its folder: {', '.join(unsafe[:3])} "
+                           "(reinstall the model folder from the release)")
     if str(ref.get("model_version")) != manifest.version:
         raise BackendError(f"reference outputs are for model {ref.get('model_version')}, the installed model is "
                            f"{manifest.version} (reinstall the model folder)")

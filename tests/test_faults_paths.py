@@ -486,3 +486,84 @@ def test_report_prints_a_sample_id_without_its_escape_sequences(tmp_path):
     assert "S-EVIL" in r.stdout
     assert not any(ch in r.stdout for ch in "\x1b\x07\r")
     assert not any(ch in r.stderr for ch in "\x1b\x07")
+
+
+# -- A. the other files the product replaces: engines, blanks; names in the reference list -------------------
+
+
+def test_an_engine_cache_write_never_follows_a_planted_link(tmp_path):
+    from edge_app.backends import engine_cache
+
+    key = engine_cache.EngineKey("detector", "ab" * 32, "8.6.2", "Orin", "8.7", "int8")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    engine_cache.engine_path(engines, key).symlink_to(victim)
+    with pytest.raises(fsutil.UnsafePathError, match="symbolic link"):
+        engine_cache.save(engines, key, b"engine bytes")
+    assert victim.read_bytes() == b"precious"
+    engine_cache.engine_path(engines, key).unlink()
+    state = engine_cache.save(engines, key, b"engine bytes")
+    assert state.ok and stat.S_IMODE(state.path.stat().st_mode) == 0o640
+    assert sorted(p.name for p in engines.iterdir() if ".tmp" in p.name) == []
+
+
+def test_a_blank_capture_never_follows_a_planted_link(tmp_path):
+    from edge_app.imaging.blank_field import write_blank
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "blank.png"
+    out.symlink_to(victim)
+    rgb = np.full((48, 64, 3), 200, np.uint8)
+    with pytest.raises(fsutil.UnsafePathError):
+        write_blank(rgb, out)
+    assert victim.read_bytes() == b"precious"
+    out.unlink()
+    write_blank(rgb, out)
+    assert cv2.imread(str(out)).shape == (48, 64, 3) and [p.name for p in tmp_path.glob(".blank*")] == []
+
+
+@pytest.mark.slow
+def test_a_reference_list_naming_files_outside_its_folder_fails_the_selftest(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models, ignore=shutil.ignore_patterns("training", "parity", "*.png", "*.md"))
+    ref_file = models / "reference" / "reference.json"
+    ref = json.loads(ref_file.read_text())
+    ref["classifier"][0]["file"] = "../../../../etc/hostname"
+    ref_file.write_text(json.dumps(ref))
+    r = wbc("selftest", "--no-camera", "--model-dir", models, "--data-dir", tmp_path / "d")
+    no_traceback(r)
+    assert r.returncode == 1 and "FAIL reference" in r.stdout and "names files outside its folder" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_summary_json_on_a_full_disk_after_finalising_is_a_message(full_disk, tmp_path):
+    _, _, mnt = full_disk
+    out = mnt / "summary.json"
+    data = tmp_path / "data"
+    r = wbc("run", "--source", SAMPLE_VIDEO, "--headless", "--target", "2", "--summary-json", out,
+            "--data-dir", data, timeout=600)
+    no_traceback(r)
+    assert r.returncode == 2 and "is finalised and safe in the database" in r.stderr, r.stderr
+    assert f"the disk holding {mnt} is full" in r.stderr
+    assert list(mnt.glob("*summary*")) == []
+    with Store(data, readonly=True) as store:
+        assert store.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+
+
+def test_the_precision_cache_never_follows_a_planted_tmp_link(tmp_path):
+    from edge_app import paths
+    from edge_app.model import precision
+
+    data = tmp_path / "data"
+    data.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    cache = paths.precision_cache(data)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.with_name(cache.name + ".tmp").symlink_to(victim)  # the name the old code wrote through
+    precision._write_cache(data, "k", {"precision": "fp32"})
+    assert victim.read_text() == "precious"
+    assert json.loads(cache.read_text())["k"] == {"precision": "fp32"} and not cache.is_symlink()

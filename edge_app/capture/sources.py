@@ -16,9 +16,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.capture.uri import IMAGE_EXTENSIONS, SourceURI, URIError, parse_uri
+from edge_app.capture.uri import IMAGE_EXTENSIONS, SourceURI, URIError, parse_uri, replay_options
+from edge_app.imaging.imagesize import decode_rgb
 
 logger = logging.getLogger(__name__)
+
+
+def _shown(location: str) -> str:
+    """A file's name for a stored reason or a message: no control character reaches a terminal."""
+    return "".join(ch if ch.isprintable() else "?" for ch in Path(location).name)
 
 
 class CaptureError(RuntimeError):
@@ -55,6 +61,12 @@ class FrameSource:
         """Fail early (CaptureError) if the source clearly cannot work, before models load."""
         self.open()
         self.close()
+
+    def shortfall(self) -> str | None:
+        """Once ``read()`` has returned None: why the source ended before its declared end (a
+        decode error or a truncated video, unreadable images), or None when all of it was read.
+        A result counted from such a source is incomplete."""
+        return None
 
     @property
     def fps(self) -> float | None:
@@ -142,10 +154,20 @@ class V4L2Source(_OpenCVSource):
                                "list cameras with 'ls /dev/video*')")
 
 
+# Containers whose frame count is an index (exact); elsewhere it is estimated from the duration.
+_INDEXED_CONTAINERS = (".mp4", ".m4v", ".mov", ".avi")
+
+
 class VideoFileSource(_OpenCVSource):
-    """A recorded video (any container/codec OpenCV's FFmpeg reads)."""
+    """A recorded video (any container/codec OpenCV's FFmpeg reads).
+
+    A read that fails before the frame count the file declares is a damaged or truncated file,
+    not its end: reading stops there and ``shortfall()`` says how much was read.
+    """
 
     name = "file"
+    declared = 0  # frames the container declares (0: it does not say)
+    _short: str | None = None
 
     def open(self) -> None:
         if "://" not in self.location and not Path(self.location).is_file():
@@ -162,6 +184,9 @@ class VideoFileSource(_OpenCVSource):
         self.cap = cap
         self._first = first
         self.index = 0
+        self._short = None
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared = int(count) if count and 0 < count < 1e9 else 0
 
     def read(self) -> Frame | None:
         if self.index == 0 and getattr(self, "_first", None) is not None:
@@ -173,7 +198,20 @@ class VideoFileSource(_OpenCVSource):
                           (time.perf_counter() - t0) * 1000)
             self.index = 1
             return frame
-        return self._grab()
+        frame = self._grab()
+        if frame is None and self._short is None and self.index < self.declared - self._tolerance():
+            self._short = (f"video {_shown(self.location)} could not be read past frame {self.index} of the "
+                           f"{self.declared} it declares (damaged or truncated file)")
+            logger.error("%s", self._short)
+        return frame
+
+    def _tolerance(self) -> int:
+        # An indexed container's count is exact; a duration-based estimate may be off by a little.
+        exact = Path(self.location).suffix.lower() in _INDEXED_CONTAINERS
+        return 1 if exact else max(1, self.declared // 100)
+
+    def shortfall(self) -> str | None:
+        return self._short
 
 
 class ImageFolderSource(FrameSource):
@@ -198,6 +236,7 @@ class ImageFolderSource(FrameSource):
         if not self.paths:
             raise CaptureError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {self.location}")
         self.pos = 0
+        self.skipped = 0
 
     def read(self) -> Frame | None:
         while self.pos < len(self.paths):
@@ -211,15 +250,20 @@ class ImageFolderSource(FrameSource):
                 self.skipped += 1
                 logger.warning("skipping image %s: cannot read it (%s)", path.name, exc)
                 continue
-            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-            if bgr is None:
-                # One bad file must not end a session: skip it, say so.
+            try:
+                rgb = decode_rgb(data)
+            except ValueError as exc:
+                # One bad file must not end a session: skip it, say so (the result is then incomplete).
                 self.skipped += 1
-                logger.warning("skipping unreadable image %s (corrupt or not an image)", path.name)
+                logger.warning("skipping image %s: %s", path.name, exc)
                 continue
-            return Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index, time.monotonic(),
-                         (time.perf_counter() - t0) * 1000)
+            return Frame(rgb, index, time.monotonic(), (time.perf_counter() - t0) * 1000)
         return None
+
+    def shortfall(self) -> str | None:
+        if not self.skipped:
+            return None
+        return f"{self.skipped} of {len(self.paths)} images in {_shown(self.location)} could not be read"
 
 
 class ReplaySource(FrameSource):
@@ -257,7 +301,7 @@ class ReplaySource(FrameSource):
         frame = self.inner.read()
         while frame is not None and frame.index < current:
             frame = self.inner.read()
-        if frame is None and self.loop:
+        if frame is None and self.loop and self.inner.shortfall() is None:  # a damaged file is not looped over
             self.inner.close()
             self.open()
             return self.read()
@@ -274,6 +318,9 @@ class ReplaySource(FrameSource):
 
     def check(self) -> None:
         self.inner.check()
+
+    def shortfall(self) -> str | None:
+        return self.inner.shortfall()
 
 
 class JetsonSource(FrameSource):
@@ -361,6 +408,9 @@ def open_source(uri: str | SourceURI, capture_cfg=None) -> FrameSource:
     if spec.kind == "replay":
         inner_kind = parse_uri(spec.location).kind
         inner = ImageFolderSource(spec.location) if inner_kind == "folder" else VideoFileSource(spec.location)
-        rate = float(spec.options["fps"]) if "fps" in spec.options else None
-        return ReplaySource(inner, rate, spec.options.get("loop", "0") in ("1", "true", "yes"))
+        try:
+            fps, loop = replay_options(spec.options)
+        except URIError as exc:
+            raise CaptureError(str(exc)) from None
+        return ReplaySource(inner, fps, loop)
     raise CaptureError(f"unsupported source kind {spec.kind}")

@@ -11,6 +11,7 @@ replay.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -38,6 +39,31 @@ class SourceURI:
     def live(self) -> bool:
         """Live sources deliver frames on their own clock: stale frames get dropped."""
         return self.kind in ("v4l2", "jetson", "replay")
+
+
+MAX_REPLAY_FPS = 1000.0
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def replay_options(options: dict) -> tuple[float | None, bool]:
+    """(fps or None for the file's own, loop) from a replay URI's query; URIError naming a bad one."""
+    unknown = sorted(set(options) - {"fps", "loop"})
+    if unknown:
+        raise URIError(f"unknown replay option '{unknown[0]}' (replay://FILE?fps=N&loop=1 takes fps and loop)")
+    fps = None
+    if "fps" in options:
+        text = options["fps"]
+        try:
+            fps = float(text)
+        except ValueError:
+            fps = None
+        if fps is None or not math.isfinite(fps) or not 0 < fps <= MAX_REPLAY_FPS:
+            raise URIError(f"replay option fps={text!r} is not a frame rate: give a number above 0 and at most "
+                           f"{MAX_REPLAY_FPS:.0f} (e.g. ?fps=30), or leave it out for the video's own rate")
+    loop = options.get("loop", "0").strip().lower()
+    if loop not in _TRUE + _FALSE:
+        raise URIError(f"replay option loop={options['loop']!r}: use loop=1 (play again from the start) or loop=0")
+    return fps, loop in _TRUE
 
 
 def _path_kind(path: str, uri: str) -> str:
@@ -76,6 +102,7 @@ def parse_uri(uri: str) -> SourceURI:
     if scheme == "replay":
         path = unquote(parts.netloc + parts.path)
         _path_kind(path, uri)
+        replay_options(options)  # refused here, with the accepted values, not deep in the capture thread
         return SourceURI("replay", path, options, uri)
     if scheme == "file":
         path = unquote(parts.netloc + parts.path)

@@ -43,11 +43,15 @@ def for_each_image(paths, handle) -> int:
             print(f"{path}: error: no such file", file=sys.stderr)
             failed += 1
             continue
+        except MemoryError:  # one image too large for this machine must not end the batch
+            print(f"{path}: error: not enough memory to decode it (use a smaller image)", file=sys.stderr)
+            failed += 1
+            continue
         except IsADirectoryError:
             print(f"{path}: error: is a directory, not an image", file=sys.stderr)
             failed += 1
             continue
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError) as exc:  # a corrupt file, or one above the decode-size cap
             print(f"{path}: error: {exc}", file=sys.stderr)
             failed += 1
             continue

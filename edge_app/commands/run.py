@@ -2,9 +2,13 @@
 
 ``--summary-json PATH`` writes, when the source ends or the target is reached:
 ``{"session", "total", "counts", "percent", "ci95", "other", "frames", "fps"}``
-plus the rest of the result payload. Exit 0 when the session was finalised,
-1 when it ended otherwise (stopped by a signal: left open, resumable), 2 on a
-usage or device error.
+plus the rest of the result payload, among it ``"complete"`` (false when the
+source ended before its declared end, or no cell was counted), ``"state"``
+('final', 'incomplete', 'no-result') and ``"reason"`` (why, or null). Exit 0
+when the session was finalised with a complete result, 1 when it ended
+otherwise (stopped by a signal: left open, resumable), 2 on a usage or device
+error (another counter on the data dir included), 3 when it was finalised
+incomplete or with no cell counted (kept, never sent).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from edge_app import fsutil
 from edge_app.capture import CaptureError, open_source
 from edge_app.config import load_config
 from edge_app.display import DisplayError, Mp4Recorder, open_display
+from edge_app.session.runlock import RunLock
 from edge_app.store import Store
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("session", "total", "counts", "percent", "ci95", "other", "frames", "fps")
 EXIT_LEFT_OPEN = 1  # stopped before the count finished (signal, quit): resumable; the systemd unit counts it a success
+EXIT_NOT_FINAL = 3  # finalised, but incomplete (the source ended early) or with no cell counted: never sent
 
 
 def add_parser(sub):
@@ -69,8 +75,6 @@ def write_summary(path: str, payload: dict) -> None:
 
 
 def main(args) -> int:
-    from edge_app.session.runner import LiveRun
-
     overrides = {"inference.backend": args.backend, "inference.precision": args.precision,
                  "model.dir": args.model_dir, "model.site": args.site,
                  "tally.target": args.target,
@@ -91,6 +95,14 @@ def main(args) -> int:
             print(f"wbc-counter run: error: {exc}", file=sys.stderr)
             return 2
     source = open_source(args.source, cfg.capture)
+    # One counter per data dir, held from before any session is resumed or aborted to after the summary.
+    with RunLock(args.data_dir):
+        return _count(args, cfg, source)
+
+
+def _count(args, cfg, source) -> int:
+    from edge_app.session.runner import LiveRun
+
     try:
         source.check()  # a missing camera or unreadable video is said (by cli) before the model loads
     except CaptureError as exc:
@@ -140,4 +152,8 @@ def main(args) -> int:
     line = ", ".join(f"{k} {pl['counts'][k]} ({pl['percent'][k]:.1f}%)" for k in pl["counts"])
     print(f"session {result.session_id}: {pl['total']} cells ({result.reason}); {line}; other {pl['other']}; "
           f"{pl['frames']} frames at {pl['fps']:.1f} fps")
+    if pl.get("state", "final") != "final":
+        print(f"wbc-counter run: session {result.session_id} is {pl['state'].upper()}: {pl['reason']}; it is kept "
+              "for review and is not sent (count the sample again)", file=sys.stderr)
+        return EXIT_NOT_FINAL
     return 0

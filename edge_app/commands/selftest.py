@@ -84,8 +84,10 @@ def main(args) -> int:
                   f"{root / ACTIVE} in the config to use the installed versions", file=sys.stderr)
     else:
         result = selftest()
-    recorded = True
+    recorded = all(c.ok for c in result.checks if c.name == "database")
     try:
+        if not recorded:  # a damaged file is kept exactly as it is for its recovery: nothing more is written
+            raise StoreError("the database check failed")
         with Store(args.data_dir) as store:
             record(store, result)
     except (StoreError, sqlite3.Error, OSError) as exc:  # a full disk or a damaged file: said, exit 1

@@ -95,7 +95,10 @@ class Track:
         q = float(np.max(probs)) + quality
         if q > self._best_q:
             self._best_q = q
-            self.best_crop, self.best_attention = crop, attention
+            # Copies, never views: a crop sliced from the frame would keep the whole frame alive for as
+            # long as the track is remembered (max_age_frames), which grew memory without bound.
+            self.best_crop = None if crop is None else np.array(crop, copy=True, order="C")
+            self.best_attention = None if attention is None else np.array(attention, copy=True, order="C")
             self.best_box = None if box is None else np.asarray(box, dtype=np.float32).copy()
             self.best_frame = frame
 

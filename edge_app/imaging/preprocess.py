@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_app.imaging.imagesize import decode_rgb
+
 logger = logging.getLogger(__name__)
 
 # Network input sizes (width, height). The manifest repeats them; runtime
@@ -56,12 +58,9 @@ def to_rgb(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8; raise ValueError if it is not an image."""
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ValueError("not a readable image (corrupt, empty or unsupported format)")
-    return to_rgb(image)
+    """Read an image file as RGB uint8; raise ValueError if it is not an image or is too large
+    to decode (its header is read first: ``imagesize.MAX_IMAGE_PIXELS``)."""
+    return decode_rgb(np.fromfile(path, dtype=np.uint8))
 
 
 def estimate_background(image_rgb: np.ndarray, max_side: int = 64) -> np.ndarray:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
 
-from edge_app import cpuinfo, paths
+from edge_app import cpuinfo, fsutil, paths
 from edge_app.backends import BackendError, resolve_backend_name
 
 logger = logging.getLogger(__name__)
@@ -64,10 +63,8 @@ def _write_cache(data_dir, key: str, entry: dict) -> None:
     data = _read_cache(path)
     data[key] = entry
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        fsutil.make_dirs(path.parent)
+        fsutil.atomic_write(path, json.dumps(data, indent=1) + "\n", what="precision cache")  # no link followed
     except OSError as exc:  # a read-only data dir: measured again next start, never a failure
         logger.warning("precision choice not cached (%s): it is measured again at the next start", exc)
 

@@ -14,6 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from edge_app.config import ConfigError
@@ -120,6 +121,15 @@ class FrameState:
     message: str = ""
 
 
+def kept_crop(crop: np.ndarray, side: int) -> np.ndarray:
+    """A crop as a track keeps it: at most ``side`` pixels square, its own memory (never a view into
+    the frame). ``encode_crop`` and the review strip resize to ``side`` or less anyway, so nothing
+    shown or stored changes; a track no longer holds a 200x200 cut of a 640x480 frame."""
+    if crop.shape[0] > side or crop.shape[1] > side:
+        return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+    return np.array(crop, copy=True)
+
+
 @dataclass
 class AnalysedFrame:
     """A frame with what needs only it and the frames before it: the flat-field-corrected image, its
@@ -156,6 +166,8 @@ class Pipeline:
         self.motion = StageMotion(analysis_width=cfg.tracking.motion_width)
         self.tracker = Tracker(cfg.tracking)
         self.review_threshold = cfg.model.review_threshold
+        # Side of the crop a track keeps: what the log stores (the review strip shows less).
+        self.crop_side = cfg.store.crop_size
         self.times = StageTimes()
         self.frames = frames_done  # cumulative over the session (resume included)
         self.frames_this_run = 0
@@ -228,7 +240,8 @@ class Pipeline:
                     crop = preprocess.cell_crop(img, m.box)
                     c = classifier(crop)
                     cls_net_ms += getattr(classifier, "last_network_ms", 0.0)
-                    m.track.add_vote(c.probs, m.quality, crop, c.attention, m.box, frame.index)
+                    m.track.add_vote(c.probs, m.quality, kept_crop(crop, self.crop_side), c.attention, m.box,
+                                     frame.index)
             cls_ms = (time.perf_counter() - t0) * 1000
 
             t0 = time.perf_counter()
@@ -304,6 +317,9 @@ class Pipeline:
                 self.last_cell_id = d.value
                 self._remember(ReviewItem(d.value, d.args["label"], d.args["confidence"], d.args["flagged"],
                                           track.best_crop, track.best_attention))
+                # Stored and handed to the review strip: the track (remembered for back-tracking
+                # for max_age_frames) need not hold its picture any longer.
+                track.best_crop = track.best_attention = None
                 logger.debug("counted cell %d (%s), five-part total %d", d.value, d.args["label"], self.tally.total)
             elif d.kind == "manual":
                 self.tally.add(d.value, d.args["label"], None, False, "manual")

@@ -44,6 +44,15 @@ def session_result(store: Store, session_id: str, ci_method: str = "wilson") -> 
     return row, payload, False
 
 
+def state_note(payload: dict) -> str:
+    """'' for a complete result; else what it is and why, said on every form of the report."""
+    state = payload.get("state") or "final"
+    if state == "final":
+        return ""
+    why = "".join(ch if ch.isprintable() else " " for ch in str(payload.get("reason") or "no reason recorded"))
+    return f"{'NO RESULT' if state == 'no-result' else state.upper()}: {why}; not sent"
+
+
 def site_line(row: dict) -> str | None:
     """'site profile NAME (sha256 ...)' from the session's recorded calibration, or None (the network alone)."""
     try:
@@ -56,7 +65,9 @@ def site_line(row: dict) -> str | None:
 
 
 def text_summary(row: dict, payload: dict, final: bool) -> str:
-    lines = [f"session {row['id']}  status {row['status']}" + ("" if final else "  (PRELIMINARY: not finalised)"),
+    note = state_note(payload)
+    lines = [f"session {row['id']}  status {row['status']}" + ("" if final else "  (PRELIMINARY: not finalised)")
+             + (f"  ({note})" if note else ""),
              f"sample {row['sample_id'] or '-'}  operator {row['operator'] or '-'}  device {row['device'] or '-'}",
              f"model {row['model_version'] or '-'}  backend {row['backend'] or '-'}  started {row['started_at']}",
              f"five-part cells {payload['total']} (target {payload['target']}), other {payload['other']}, "
@@ -91,6 +102,8 @@ def _put(img, s, org, scale=0.6, colour=(20, 20, 20), thick=1):
 def render_png(row: dict, payload: dict, final: bool, crops: dict, corrections: list) -> np.ndarray:
     page = np.full((PAGE_H, PAGE_W, 3), 255, np.uint8)
     _put(page, "Leukocyte differential" + ("" if final else "  (PRELIMINARY)"), (60, 80), 1.2, (0, 0, 0), 2)
+    if state_note(payload):
+        _put(page, state_note(payload)[:90], (60, 112), 0.6, (0, 0, 200), 2)
     y = 130
     for s in text_summary(row, payload, final).splitlines()[:4]:
         _put(page, s[:100], (60, y), 0.6)
@@ -167,6 +180,7 @@ def render_html(row: dict, payload: dict, final: bool, crops: dict, corrections:
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}
 img{{margin:2px}}</style></head><body>
 <h1>Leukocyte differential{'' if final else ' (PRELIMINARY)'}</h1>
+{f'<p style="color:#c00;font-weight:bold">{e(state_note(payload))}</p>' if state_note(payload) else ''}
 <p>Session {e(row['id'])} — sample {e(row['sample_id'] or '-')} — operator {e(row['operator'] or '-')} —
 device {e(row['device'] or '-')} — model {e(row['model_version'] or '-')} ({e(row['backend'] or '-')})<br>
 Started {e(row['started_at'])}, status {e(row['status'])}; five-part cells {payload['total']}

@@ -27,10 +27,13 @@ from edge_app.counting.tally import Tally
 from edge_app.display import HudInfo, render_hud
 from edge_app.model.bundle import sha256_file
 from edge_app.session.pipeline import Pipeline
-from edge_app.store import Store, utcnow
+from edge_app.store import Store, StoreError, utcnow
+from edge_app.store.db import NO_CELL_REASON
 from edge_app.store.writer import StoreWriter
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0  # a 'progress:' log line this often while counting
 
 try:
     from edge_app.watchdog import SystemdNotifier
@@ -209,6 +212,7 @@ class LiveRun:
         reason = None
         state = None
         t_start = None
+        t_progress, frames_progress = 0.0, 0
         fps = 0.0
         try:
             while reason is None:
@@ -226,7 +230,8 @@ class LiveRun:
                     self._keys(keys_state)
                     continue
                 if t_start is None:
-                    t_start = time.perf_counter()
+                    t_start = t_progress = time.perf_counter()
+                    frames_progress = 0
                 state = p.step(frame)
                 elapsed = time.perf_counter() - t_start
                 fps = p.frames_this_run / elapsed if elapsed > 0 else 0.0
@@ -239,6 +244,13 @@ class LiveRun:
                     reason = "target"
                 if p.frames_this_run % 30 == 0:
                     self.notifier.status(f"{p.tally.total}/{p.tally.target} cells, {fps:.1f} fps")
+                now = time.perf_counter()
+                if now - t_progress >= PROGRESS_EVERY_S:
+                    # The rate of the last interval, not since the start: a slowdown shows up (scripts.soak).
+                    logger.info("progress: %d frames, %.1f fps over the last %.0f s, %d cells", p.frames_this_run,
+                                (p.frames_this_run - frames_progress) / (now - t_progress), now - t_progress,
+                                p.tally.total)
+                    t_progress, frames_progress = now, p.frames_this_run
         finally:
             self.capture.stop()
         if self.capture.state == CaptureState.FAILED and self.capture.error and reason != "quit":
@@ -259,6 +271,19 @@ class LiveRun:
             if not self.pipeline.handle_key(key, keys_state):
                 return False
 
+    def _result_state(self, reason: str) -> tuple[str, str | None]:
+        """('final', None), or ('incomplete' | 'no-result', why): a source that ended before its declared
+        end, or a count without one five-part cell, is never a result to send as it stands."""
+        short = None
+        if reason == "source-ended" and not (self.capture.max_frames is not None
+                                              and self.capture.read_count >= self.capture.max_frames):
+            short = self.source.shortfall()
+        if short:
+            return "incomplete", short
+        if not self.pipeline.tally.total:
+            return "no-result", NO_CELL_REASON
+        return "final", None
+
     def _finish(self, reason: str, fps: float, state, keys_state) -> RunResult:
         p = self.pipeline
         self.notifier.stopping()
@@ -274,11 +299,20 @@ class LiveRun:
                                       fps=fps, finalised_at=utcnow())
             # What the session was counted with (its stored calibration: a resumed session keeps its own).
             payload["device_calibration"] = stored_calibration(self.store, self.info.session_id)
+            state, why = self._result_state(reason)
+            payload.update(complete=state == "final", state=state, reason=why)
             destinations = () if self.blocked else ("fhir",)
             if self.blocked:  # kept with the result, so no later send (lis, sync) can deliver it either
                 payload["not_reported"] = self.blocked
-            self.store.finalise_session(self.info.session_id, payload, destinations=destinations, frames=p.frames)
-            logger.info("session %s finalised: %d cells (%s)", self.info.session_id, p.tally.total, reason)
+            try:
+                self.store.finalise_session(self.info.session_id, payload, destinations=destinations,
+                                            frames=p.frames, state=state, reason=why)
+            except StoreError as exc:  # no longer open (another counter), or already has a result
+                logger.error("session %s not finalised: %s", self.info.session_id, exc)
+                payload, error, reason = None, str(exc), "error"
+            else:
+                logger.info("session %s finalised: %d cells (%s)%s", self.info.session_id, p.tally.total, reason,
+                            "" if state == "final" else f"; {state.upper()}: {why}")
         if payload is None and reason == "error" and not p.tally.cells and not self.info.resumed:
             # The source never delivered (unreadable video, camera gone): nothing to keep open.
             self.store.abort_session(self.info.session_id)

@@ -40,7 +40,7 @@ SQLITE_FULL = 13
 SQLITE_IOERR = 10
 
 
-def damaged_message(path: str | Path, exc: BaseException) -> str:
+def damaged_message(path: str | Path, exc: BaseException | str) -> str:
     """What to tell a user whose database file is damaged: it is kept, and how to recover it."""
     p = Path(path)
     return (f"the database {p} is damaged ({exc}). It has been left as it is: do not delete it, results not "

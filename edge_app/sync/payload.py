@@ -18,6 +18,23 @@ from edge_app.sync.errors import PermanentError
 logger = logging.getLogger(__name__)
 
 
+def refuse_unsendable(result_id: str, payload: dict) -> None:
+    """PermanentError for a result that is not a complete count (``results.state``, migration 0003):
+    'no-result' (no cell counted) is never sent; 'incomplete' (the source ended before its declared
+    end) only once a person signed it knowing it is incomplete (``signed_by`` and
+    ``signed_incomplete`` in the payload). Payloads from before the state existed are complete."""
+    state = payload.get("state") or ("final" if payload.get("complete", True) else "incomplete")
+    if state == "final":
+        return
+    why = payload.get("reason") or "no reason recorded"
+    if state == "no-result":
+        raise PermanentError(f"result {result_id[:12]} is NO RESULT ({why}) and is never sent: "
+                             "count the sample again")
+    if not (payload.get("signed_by") and payload.get("signed_incomplete")):
+        raise PermanentError(f"result {result_id[:12]} is INCOMPLETE ({why}) and is not sent unless a person "
+                             "signs it knowing so: count the sample again")
+
+
 def site_text(payload: dict) -> Optional[str]:
     """The site profile of a payload's device calibration as one text ("NAME (sha256 0123456789ab)"), or None."""
     cal = payload.get("device_calibration")
@@ -78,6 +95,7 @@ class ResultPayload:
         if payload.get("not_reported"):
             raise PermanentError(f"result {result_id[:12]} was counted while the self-test had not passed "
                                  "and is never reported: run 'wbc-counter selftest', then count the sample again")
+        refuse_unsendable(result_id, payload)
         try:
             counts = {c: int(need("counts")[c]) for c in FIVE_PART}
             percent = {c: float(need("percent")[c]) for c in FIVE_PART}
