@@ -478,8 +478,9 @@ def test_corrupt_video_and_empty_count_are_never_delivered_as_final(tmp_path, fh
 
 
 def test_the_soak_script_says_when_the_run_ended_on_its_own(tmp_path):
-    """scripts.soak samples the child's RSS; a child that ends before the time is up fails the soak."""
-    r = subprocess.run([sys.executable, "-m", "scripts.soak", "--minutes", "0.05", "--every", "0.2", "--source",
+    """scripts.soak samples the child's RSS; a child that ends before the time is up fails the soak (it
+    returns as soon as the child has gone, not after the 5 minutes)."""
+    r = subprocess.run([sys.executable, "-m", "scripts.soak", "--minutes", "5", "--every", "0.2", "--source",
                         str(tmp_path / "missing.mp4")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     out = json.loads(r.stdout)
     assert r.returncode == 1 and out["ended_early"] is True and out["rc"] == 2
