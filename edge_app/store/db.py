@@ -30,6 +30,11 @@ DB_NAME = paths.DB_NAME
 KIOSK_USER = "kiosk"
 
 
+# What a result is (results.state, migration 0003): only 'final' results are ever sent.
+RESULT_STATES = ("final", "incomplete", "no-result")
+NO_CELL_REASON = "no leukocyte was counted"
+
+
 class StoreError(RuntimeError):
     """The database cannot be used; the message says what to do."""
 
@@ -310,25 +315,47 @@ class Store:
 
     # -- results and outbox ---------------------------------------------
     def finalise_session(self, session_id: str, payload: dict, destinations: tuple[str, ...] = ("fhir",),
-                         frames: int | None = None) -> str:
+                         frames: int | None = None, state: str = "final", reason: str | None = None) -> str:
         """Close a session: result + outbox entries + status in ONE transaction.
 
+        ``state`` says what the result is (``RESULT_STATES``): only a 'final' one is queued for
+        ``destinations``; a payload with no five-part cell is 'no-result' whatever is asked. The
+        session must still be open and have no result: a second counter, or a second finalise,
+        raises StoreError and changes nothing (a result row is never overwritten).
         Returns the stable result id used for idempotent delivery.
         """
+        if state not in RESULT_STATES:
+            raise ValueError(f"unknown result state {state!r} (one of {', '.join(RESULT_STATES)})")
+        if state == "final" and not int(payload.get("total") or 0):
+            state, reason = "no-result", reason or NO_CELL_REASON
         result_id = uuid.uuid5(uuid.NAMESPACE_URL, f"wbc-counter:result:{session_id}").hex
         now = utcnow()
         with self.transaction():
-            self.conn.execute(
-                "INSERT OR REPLACE INTO results (session_id, result_id, payload, created_at) VALUES (?,?,?,?)",
-                (session_id, result_id, json.dumps(payload, sort_keys=True), now))
-            for dest in destinations:
+            cur = self.conn.execute(
+                "UPDATE sessions SET status='finalised', ended_at=?, frames=COALESCE(?, frames) WHERE id=?"
+                " AND status='open'", (now, frames, session_id))
+            if cur.rowcount != 1:
+                row = self.conn.execute("SELECT status FROM sessions WHERE id=?", (session_id,)).fetchone()
+                raise StoreError(f"session {session_id} is no longer open (status "
+                                 f"'{row[0] if row else 'missing'}'): another counter finished or aborted it; "
+                                 "its result was not changed (see 'wbc-counter report')")
+            try:
+                self.conn.execute(
+                    "INSERT INTO results (session_id, result_id, payload, created_at, state, reason)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (session_id, result_id, json.dumps(payload, sort_keys=True), now, state, reason))
+            except sqlite3.IntegrityError as exc:  # rolled back with the status change above
+                raise StoreError(f"session {session_id} already has a result; it was not changed") from exc
+            for dest in destinations if state == "final" else ():
                 self.conn.execute(
                     "INSERT OR IGNORE INTO outbox (result_id, destination, next_attempt_at, created_at)"
                     " VALUES (?,?,?,?)", (result_id, dest, now, now))
-            self.conn.execute(
-                "UPDATE sessions SET status='finalised', ended_at=?, frames=COALESCE(?, frames) WHERE id=?",
-                (now, frames, session_id))
         return result_id
+
+    def result_state(self, session_id: str) -> tuple[str, str | None] | None:
+        """(state, reason) of a session's result, or None when it has none."""
+        row = self.conn.execute("SELECT state, reason FROM results WHERE session_id=?", (session_id,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def result(self, session_id: str) -> dict | None:
         row = self.conn.execute("SELECT payload FROM results WHERE session_id=?", (session_id,)).fetchone()
