@@ -155,9 +155,7 @@ def test_review_sign_deliver_and_amend_in_a_real_browser(real_count, fhir_server
         targets = [c for c in CLASSES if c != group][:2]
         keys = [str(CLASSES.index(targets[0]) + 1), str(CLASSES.index(targets[1]) + 1), Keys.ARROW_RIGHT, "x"]
         expected = {ids[0]: targets[0], ids[1]: targets[1], ids[3]: "x"}
-        for k in keys:
-            _keys(driver, k)
-            time.sleep(0.3)
+        _keys(driver, *keys)  # typed ahead of the server's answers: each change applies to its own cell
         _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cells .cell.changed")) == 3,
               what="three changed cells")
         labels = {int(c.get_attribute("data-id")): c.get_attribute("data-label")
@@ -223,6 +221,13 @@ def test_review_sign_deliver_and_amend_in_a_real_browser(real_count, fhir_server
         _wait(driver, lambda d: d.find_elements(By.ID, "user"), what="the login page")
         _keys(driver, USER, Keys.ENTER)
         _wait(driver, lambda d: d.find_elements(By.ID, "reopen-reason"), what="the signed page")
+        # a: the classifier's attention on the selected cell, computed from its stored crop
+        _keys(driver, "a")
+        _wait(driver, lambda d: d.execute_script(
+            "var i = document.getElementById('attention-img'); return i.complete && i.naturalWidth;") == 192,
+            timeout=120, what="the attention map")
+        assert driver.find_element(By.ID, "attention").is_displayed()
+        _keys(driver, "a")
         _keys(driver, "r", "second look: one more cell was misread", Keys.ENTER)
         _wait(driver, lambda d: "re-opened" in d.find_element(By.ID, "state").text, what="the re-opened page")
         cell = driver.find_element(By.CSS_SELECTOR, "#cells .cell.selected")

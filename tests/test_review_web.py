@@ -41,6 +41,9 @@ def test_loopback_login_csrf_cookies_and_no_outside_resources(count, tmp_path):
         assert status == 303 and headers["location"].startswith("/login") and SECRET_SAMPLE not in body
         assert c.get(f"/api/review/{sid}")[0] == 401
         assert c.get("/static/review.js")[0] == 200  # code only, no result data
+        # a page elsewhere whose host name resolves to 127.0.0.1 (DNS rebinding) gets nothing
+        status, _, body = c.request("/login", headers={"Host": "attacker.example"})
+        assert status == 400 and "csrf" not in body
 
         status, headers, _ = c.login("dr.local")
         assert status == 303

@@ -145,7 +145,9 @@ class TkWindowSink(DisplaySink):
             return
         h, w = canvas_bgr.shape[:2]
         ppm = b"P6 %d %d 255\n" % (w, h) + cv2.cvtColor(canvas_bgr, cv2.COLOR_BGR2RGB).tobytes()
-        photo = self._tk.PhotoImage(data=ppm, format="PPM")
+        # master: this window's interpreter, not whichever Tk was made first (the review window
+        # may open in a process whose live window is gone).
+        photo = self._tk.PhotoImage(master=self.root, data=ppm, format="PPM")
         self.label.configure(image=photo)
         self._photo = photo  # Tk keeps no reference of its own
         try:

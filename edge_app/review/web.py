@@ -24,6 +24,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -40,6 +41,7 @@ from edge_app.store.review import ReviewError
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -308,7 +310,12 @@ class ReviewApp:
             Route("/attention/{sid}/{cell:int}.png", self.attention),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ]
-        return Starlette(routes=routes, middleware=[Middleware(_Headers)])
+        middleware = [Middleware(_Headers)]
+        if not self.require_token:
+            # Served on loopback, where a name is the whole login: a web page elsewhere that
+            # points its own host name at 127.0.0.1 (DNS rebinding) must not reach it.
+            middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES, www_redirect=False))
+        return Starlette(routes=routes, middleware=middleware)
 
 
 def attention_png(crop_bgr: np.ndarray, attention: np.ndarray, side: int = 192) -> bytes:

@@ -79,11 +79,20 @@
     say('This result is signed and frozen: re-open it with a reason (r) to amend it.');
   }
 
+  // Changes are sent one after the other, in key order, and the selection moves on at once:
+  // a reviewer typing ahead of the server changes exactly the cells the keys were meant for.
+  var queue = Promise.resolve();
+  function later(fn) {
+    queue = queue.then(fn, fn);
+    return queue;
+  }
+
   function setLabel(label) {
     if (sel < 0) return;
     if (!editable) return frozen();
-    var cell = cells[sel], index = sel;
-    post('label', { cell_id: Number(cell.dataset.id), label: label }).then(function (s) {
+    var cell = cells[sel];
+    if (sel < cells.length - 1) select(sel + 1);
+    later(function () { return post('label', { cell_id: Number(cell.dataset.id), label: label }); }).then(function (s) {
       cell.className = cell.className.replace(/\bc-\S+/, 'c-' + s.cell.label);
       if (s.cell.from !== s.cell.label) cell.classList.add('changed');
       cell.classList.add('reviewed');
@@ -92,14 +101,13 @@
       cell.querySelector('.lab').textContent = title ? title.textContent.replace(/^\s*\S+\s*/, '') : s.cell.label;
       update(s);
       say('cell ' + s.cell.id + ': ' + s.cell.from + ' \u2192 ' + s.cell.label);
-      if (sel === index) select(index + 1);
     }).catch(function (e) { say(e.message); });
   }
 
   function confirmPage() {
     if (!editable) return frozen();
     var ids = cells.map(function (c) { return Number(c.dataset.id); });
-    post('confirm', { cell_ids: ids }).then(function (s) {
+    later(function () { return post('confirm', { cell_ids: ids }); }).then(function (s) {
       update(s);
       var next = root.dataset.next;
       window.location.href = '/review/' + sid + (next ? '?group=' + next : '?group=' + root.dataset.group) +
