@@ -70,23 +70,28 @@ def fp32_config(tmp_path) -> Path:
 # -- the head ------------------------------------------------------------------
 
 def test_head_is_anchored_to_the_network_and_class_balanced():
-    """With a huge pull toward the network's head the fit stays there; the shipped head read from the ONNX graph
-    reproduces the network's own decision on real embeddings; class weights sum equally per class."""
+    """With a huge pull toward the network's head the anchored fit stays there; class weights sum equally per
+    class; every head leaves classes without a cell to the network; a prototype head separates its classes."""
     manifest = Manifest.load()
     w0, b0 = site_head.shipped_head(manifest.file("classifier", "onnx"))
     assert w0.shape == (len(CLASSES), 1024)
     rng = np.random.default_rng(0)
     x = rng.random((30, 1024), np.float32) * 0.5
     y = np.array([0] * 20 + [4] * 10)
-    h = site_head.fit(x, y, w0, b0, lam=1e6)
+    h = site_head.fit(x, y, w0, b0, method="anchored", lam=1e6)
     assert np.abs(h.weight - w0).max() < 1e-3 and np.abs(h.bias - b0).max() < 1e-3
     w = site_head.class_weights(y, len(CLASSES))
     assert w[y == 0].sum() == pytest.approx(w[y == 4].sum())
     # classes without a cell are left to the network: their probability is the network's
     shipped = np.full((30, 6), 1 / 6, np.float32)
-    p = site_head.fit(x, y, w0, b0).mix(x, shipped)
-    assert np.allclose(p[:, [1, 2, 3, 5]], 1 / 6, atol=1e-6)
-    assert np.allclose(p.sum(1), 1, atol=1e-5)
+    for method in site_head.METHODS:
+        p = site_head.fit(x, y, w0, b0, method=method).mix(x, shipped)
+        assert np.allclose(p[:, [1, 2, 3, 5]], 1 / 6, atol=1e-6)
+        assert np.allclose(p.sum(1), 1, atol=1e-5)
+    # a prototype head puts each class's own cells on its side (cells of two clearly different kinds)
+    x2 = np.concatenate([x[:20] + np.eye(1024, dtype=np.float32)[0], x[20:] + np.eye(1024, dtype=np.float32)[1]])
+    h = site_head.fit(x2, y, w0, b0, method="prototype", alpha=1.0)
+    assert (h.mix(x2, np.full((30, 6), 1 / 6, np.float32)).argmax(1) == y).all()
 
 
 # -- bad input -----------------------------------------------------------------
@@ -168,6 +173,11 @@ def test_profile_round_trip(tmp_path, fp32_config):
     st = wbc("selftest", "--no-camera", "--json", "--config", cfg, data_dir=data)
     checks = json.loads(st.stdout.strip().splitlines()[-1])
     assert checks["checks"]["site"] is True, st.stdout
+
+    # bench names the profile and the time its head adds per crop (the figure itself is not asserted: timing)
+    b = wbc("bench", "--source", frames, "--frames", "5", "--config", cfg, data_dir=data, check_rc=0)
+    site = json.loads(b.stdout.strip().splitlines()[-1])["site"]
+    assert site["profile"] == "Ward 3 scope" and site["head_ms_per_crop"] > 0
 
     # a damaged head file fails the selftest's site check
     head = prof / "head.npz"

@@ -176,7 +176,7 @@ def fit_and_write(args, cellset, held_set=None) -> int:
             "verified_by": cellset.verified_by(),
             "frames": cellset.frames,
             "held_back": held,
-            "head": {"lambda": site_head.DEFAULT_LAMBDA},
+            "head": {"lambda": site_head.DEFAULT_LAMBDA} if head.method != "prototype" else {},
         }
         sha = site_profile.write(args.out, data, head)
         logger.info("site profile %s written (sha256 %s)", args.out, sha[:12])
