@@ -237,6 +237,13 @@ def test_review_sign_deliver_and_amend_in_a_real_browser(real_count, fhir_server
         _keys(driver, str(CLASSES.index(to_label) + 1))
         _wait(driver, lambda d: d.find_element(By.ID, f"cell-{amended_id}").get_attribute("data-label") == to_label,
               what="the amendment's change")
+        # the mouse works too: click a cell, then a class button
+        clicked = driver.find_elements(By.CSS_SELECTOR, "#cells .cell")[1]
+        clicked_id = int(clicked.get_attribute("data-id"))
+        clicked.click()
+        driver.find_element(By.CSS_SELECTOR, '.actions .set[data-label="other"]').click()
+        _wait(driver, lambda d: d.find_element(By.ID, f"cell-{clicked_id}").get_attribute("data-label") == "other",
+              what="the mouse's change")
         _keys(driver, "s", Keys.ENTER)  # s: to the reason field (filled with the re-open's reason), enter signs
         _wait(driver, lambda d: "Signed by dr.browser" in d.find_element(By.ID, "state").text
               and "version 2" in d.find_element(By.ID, "state").text, what="the amendment's sign-off")
@@ -246,6 +253,8 @@ def test_review_sign_deliver_and_amend_in_a_real_browser(real_count, fhir_server
 
     amended = store.result(sid)
     assert amended["version"] == 2 and amended["amended"] is True
+    v2 = [(r["cell_id"], r["to_label"]) for r in store_review.reviews(store, sid) if r["version"] == 2]
+    assert v2 == [(amended_id, to_label), (clicked_id, "other")]
     assert amended["amendment_reason"] == "second look: one more cell was misread"
     assert outbox_rows(store)[0]["status"] == "pending"
     rc, out, err = _sync(tmp_path, data, fhir_server.url, capsys)
