@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,18 @@ class CaptureConfig(_Strict):
     wait_for_camera: bool = False
     # Optional blank-field capture (flat-field + white reference) for this device.
     flat_field: Optional[str] = None
+    # The camera's magnification against the detector's training frames: "auto" measures it from the
+    # red cells of the first frames (edge_app.imaging.scale; `detect`: of each image), a number fixes it
+    # (4.0 = a camera with a quarter of the pixels per micron; frames are enlarged 4x and tiled).
+    # Within 15% of 1, frames are used as they are.
+    pixel_scale: Union[Literal["auto"], float] = "auto"
+
+    @field_validator("pixel_scale")
+    @classmethod
+    def _pixel_scale_range(cls, v):
+        if v != "auto" and not 0.25 <= float(v) <= 8.0:
+            raise ValueError('must be "auto" or a number from 0.25 to 8')
+        return v
 
 
 class QualityConfig(_Strict):

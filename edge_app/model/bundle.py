@@ -20,7 +20,8 @@ import numpy as np
 
 from edge_app import fsutil, paths
 from edge_app.backends import Backend, BackendError, resolve_backend_name
-from edge_app.imaging import boxrefine, preprocess
+from edge_app.imaging import boxrefine, preprocess, tiling
+from edge_app.imaging.scale import ScaleEstimate, ScaleReference, detector_scale, is_unit, measure_scale
 from edge_app.labels import CLASSES
 
 logger = logging.getLogger(__name__)
@@ -192,10 +193,21 @@ class Detector:
 
     ``refine`` (off unless a device's calibration turns it on) then tightens
     each box to the stained cell it contains (``edge_app.imaging.boxrefine``).
+
+    ``scale`` is the camera's magnification against the training frames' (a
+    site profile's or ``[capture] pixel_scale``, or measured from the frames by
+    ``edge_app.imaging.scale.measure_scale``): the frame is resized by it on top
+    of the letterbox, so its cells reach the network at the trained size. At 1
+    (the default, and every camera inside the trained range) the frame is
+    letterboxed as it always was; above 1 the enlarged frame is cut into
+    overlapping detector-sized windows (``edge_app.imaging.tiling``), each run
+    through the network, and the boxes merged (NMS) and mapped back to the
+    frame's own pixels, so crops for the classifier come from the original frame.
     """
 
     def __init__(self, backend: Backend, stride: int, threshold: float = 0.35, nms_iou: float = 0.4,
-                 flip: bool = False, vote: bool = True, box_scale: float = 1.0, refine: bool = False):
+                 flip: bool = False, vote: bool = True, box_scale: float = 1.0, refine: bool = False,
+                 scale: float = 1.0):
         self.backend = backend
         self.stride = stride
         self.threshold = threshold
@@ -204,18 +216,20 @@ class Detector:
         self.vote = vote
         self.box_scale = box_scale
         self.refine = refine
+        self.scale = scale
         # Milliseconds of the last call's parts (bench and the HUD read them).
         self.last_ms = {"preprocess": 0.0, "network": 0.0, "decode": 0.0}
 
     @classmethod
     def for_manifest(cls, backend: Backend, manifest: "Manifest", threshold: float = 0.35,
-                     flip: bool | None = None, box_scale: float = 1.0, refine: bool = False) -> "Detector":
+                     flip: bool | None = None, box_scale: float = 1.0, refine: bool = False,
+                     scale: float = 1.0) -> "Detector":
         """The detector as its manifest says it was validated (stride, mirrored second pass, box vote;
         manifests before ``box_vote`` was recorded all voted)."""
         entry = manifest.entry("detector")
         flip = bool(entry.get("tta_flip", False)) if flip is None else flip
         return cls(backend, int(entry["stride"]), threshold, flip=flip, vote=bool(entry.get("box_vote", True)),
-                   box_scale=box_scale, refine=refine)
+                   box_scale=box_scale, refine=refine, scale=scale)
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network input -> (H, W) heatmap and (H, W, 4) ltrb, mirror-averaged when ``flip``."""
@@ -240,6 +254,8 @@ class Detector:
         t0 = time.perf_counter()
         if self.refine and background is None:  # estimated once: the network input and the refinement share it
             background = preprocess.estimate_background(frame_rgb)
+        if not is_unit(self.scale):
+            return self._tiled(frame_rgb, background, threshold)
         x, lb = preprocess.detector_input(frame_rgb, background)
         t1 = time.perf_counter()
         heat, ltrb = self.raw(x)
@@ -255,7 +271,37 @@ class Detector:
         boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
         if not len(boxes):
             return []
-        boxes = scale_boxes(lb.to_frame(boxes), self.box_scale)
+        return self._finish(frame_rgb, lb.to_frame(boxes), scores, background)
+
+    def _tiled(self, frame_rgb, background, threshold) -> list[Detection]:
+        """The frame resized by ``scale`` and run window by window; boxes merged, in frame pixels."""
+        t0 = time.perf_counter()
+        bg = preprocess.estimate_background(frame_rgb) if background is None else background
+        eff = detector_scale(frame_rgb.shape) * self.scale  # frame px -> network px
+        inputs, windows = tiling.windows_input(frame_rgb, eff, bg)
+        self.last_ms["preprocess"] = (time.perf_counter() - t0) * 1000
+        thr = self.threshold if threshold is None else threshold
+        all_boxes, all_scores, network, decode = [], [], 0.0, 0.0
+        for x, win in zip(inputs, windows):
+            heat, ltrb = self.raw(x)
+            network += self.last_ms["network"]
+            t1 = time.perf_counter()
+            boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
+            keep = tiling.keep_whole(boxes, win)
+            all_boxes.append((boxes[keep] + np.array([win.x0, win.y0, win.x0, win.y0], np.float32)) / eff)
+            all_scores.append(scores[keep])
+            decode += time.perf_counter() - t1
+        self.last_ms["network"] = network
+        t1 = time.perf_counter()
+        boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+        keep = nms(boxes, scores, self.nms_iou)  # a cell inside two windows' overlap is found twice
+        out = self._finish(frame_rgb, boxes[keep], scores[keep], background) if keep else []
+        self.last_ms["decode"] = (decode + time.perf_counter() - t1) * 1000
+        return out
+
+    def _finish(self, frame_rgb, boxes, scores, background) -> list[Detection]:
+        """Frame-pixel boxes -> detections: per-camera box scale, clipped to the frame, refined."""
+        boxes = scale_boxes(boxes, self.box_scale)
         h, w = frame_rgb.shape[:2]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
@@ -395,12 +441,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 
 class ModelBundle:
-    """Detector + classifier of one manifest on one backend."""
+    """Detector + classifier of one manifest on one backend.
+
+    ``scale`` is the camera's magnification against the detector's training
+    frames (``Detector``'s ``scale``): a number fixes it (a site profile's
+    measured value, or ``[capture] pixel_scale``); ``"auto"`` leaves it at 1
+    until the caller measures it from its own frames with ``measure_scale``
+    (``detect``: each image; ``run``: the session's first frames).
+    """
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
                  threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
                  tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0,
-                 box_refine: bool = False, site: str | Path | None = None, data_dir: str | Path | None = None):
+                 box_refine: bool = False, site: str | Path | None = None, data_dir: str | Path | None = None,
+                 scale: float | str = 1.0):
         self.manifest = Manifest.load(model_dir)
         # A site profile is checked before any network loads: a refused one stops here with its reason.
         self.site = None
@@ -418,7 +472,9 @@ class ModelBundle:
         det_backend = create_backend(self.manifest, "detector", self.backend_name, precision, threads, engine_dir)
         cls_backend = create_backend(self.manifest, "classifier", self.backend_name, precision, threads, engine_dir)
         self.detector = Detector.for_manifest(det_backend, self.manifest, detect_threshold, detector_flip, box_scale,
-                                              box_refine)
+                                              box_refine, 1.0 if scale == "auto" else float(scale))
+        self.auto_scale = scale == "auto"
+        self.scale_reference = ScaleReference.from_manifest(self.manifest.data)
         self.classifier = Classifier.for_manifest(cls_backend, self.manifest, tta_views,
                                                   self.site.head if self.site else None)
 
@@ -433,11 +489,16 @@ class ModelBundle:
                    threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
                    engine_dir=paths.engine_dir(cfg.inference.engine_dir, data_dir), tta_views=views,
                    detector_flip=flip, box_scale=cfg.model.box_scale,
-                   box_refine=cfg.model.box_refine, data_dir=data_dir, site=cfg.model.site)
+                   box_refine=cfg.model.box_refine, data_dir=data_dir, scale=cfg.capture.pixel_scale,
+                   site=cfg.model.site)
 
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    def measure_scale(self, frames_rgb: list[np.ndarray]) -> ScaleEstimate:
+        """The scale these frames call for against this model's trained cell size (``edge_app.imaging.scale``)."""
+        return measure_scale(frames_rgb, self.scale_reference)
 
     def close(self) -> None:
         self.detector.backend.close()

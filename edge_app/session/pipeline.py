@@ -23,6 +23,7 @@ from edge_app.counting.tracker import Track, Tracker, suppress_contained
 from edge_app.imaging import preprocess
 from edge_app.imaging.motion import StageMotion
 from edge_app.imaging.quality import FrameQuality, QualityGate, grey_small
+from edge_app.imaging.scale import ScaleMeter
 from edge_app.labels import CLASSES, FIVE_PART, OTHER
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,9 @@ class Pipeline:
         self.selected: int | None = None  # cell id the technician is correcting
         self.stop_counting = False
         self.paused_frames = 0  # frames not counted on (focus, exposure)
+        # The camera's pixel scale, measured from this session's first counted frames when the
+        # config or profile does not fix it ([capture] pixel_scale = "auto").
+        self.scale_meter = ScaleMeter(bundle.scale_reference) if getattr(bundle, "auto_scale", False) else None
         # Per-device blank-field correction, if this kiosk has been calibrated.
         self.flat = None
         if cfg.capture.flat_field:
@@ -220,6 +224,8 @@ class Pipeline:
         det_parts = {"preprocess": 0.0, "network": 0.0, "decode": 0.0}
         if counting:
             detector = self.bundle.detector
+            if self.scale_meter is not None and not self.scale_meter.done:
+                self._measure_scale(img)
             t0 = time.perf_counter()
             dets = detector(img)
             det_ms = (time.perf_counter() - t0) * 1000
@@ -304,6 +310,18 @@ class Pipeline:
             self._count(track)
 
     # -- commits coming back from the writer ---------------------------------
+    def _measure_scale(self, img) -> None:
+        """Feed the scale meter; a new estimate takes effect from this frame and is stored with the session."""
+        est = self.scale_meter.add(img)
+        if est is None:
+            return
+        self.bundle.detector.scale = est.factor
+        state = "measured" if self.scale_meter.done else "provisional"
+        logger.info("pixel scale %s: factor %.2f (red cells %.1f px, %d cells, confidence %.2f)", state,
+                    est.factor, est.rbc_diameter_px, est.n_cells, est.confidence)
+        self.writer.submit("calibration", session_id=self.session_id,
+                           values={"pixel_scale": {"mode": "auto", "state": state, **est.as_dict()}})
+
     def apply_commits(self) -> list:
         done = self.writer.done()
         for d in done:

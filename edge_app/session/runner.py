@@ -90,6 +90,9 @@ def device_calibration(cfg, box_scale: float, box_refine: bool = False, bundle=N
                    detector_flip=bool(getattr(bundle.detector, "flip", False)),
                    tta_views=int(getattr(bundle.classifier, "views", 1)))
         out.update(site_calibration(bundle))
+        # "auto": measured from the first frames (the pipeline adds the figures once it has them)
+        out["pixel_scale"] = ({"mode": "auto"} if getattr(bundle, "auto_scale", False)
+                              else {"mode": "fixed", "factor": float(getattr(bundle.detector, "scale", 1.0))})
     return out
 
 

@@ -232,6 +232,17 @@ class Store:
     def set_frames(self, session_id: str, frames: int) -> None:
         self.conn.execute("UPDATE sessions SET frames=? WHERE id=?", (frames, session_id))
 
+    def update_calibration(self, session_id: str, values: dict) -> None:
+        """Merge ``values`` into the session's calibration JSON (a setting measured after the session opened,
+        such as the camera's pixel scale)."""
+        row = self.conn.execute("SELECT calibration FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no session '{session_id}' in {self.path}")
+        calibration = json.loads(row[0]) if row[0] else {}
+        calibration.update(values)
+        self.conn.execute("UPDATE sessions SET calibration=? WHERE id=?",
+                          (json.dumps(calibration, sort_keys=True), session_id))
+
     def abort_session(self, session_id: str) -> None:
         self.conn.execute("UPDATE sessions SET status='aborted', ended_at=? WHERE id=? AND status='open'",
                           (utcnow(), session_id))

@@ -103,6 +103,9 @@ class StoreWriter(threading.Thread):
         if kind == "frames":
             s.set_frames(args["session_id"], args["frames"])
             return args["frames"]
+        if kind == "calibration":
+            s.update_calibration(args["session_id"], args["values"])
+            return args["values"]
         raise ValueError(f"unknown write {kind}")
 
     def run(self) -> None:
