@@ -25,6 +25,7 @@ from edge_app.sync.outbox import Outbox
 from edge_app.sync.payload import ResultPayload, refuse_unsendable
 from edge_app.sync.signoff import SIGN_HINT, is_signed
 from edge_app.sync.worker import SyncWorker
+from edge_app.textsafe import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def _send(worker: SyncWorker, dest: str, session_id: str, result_id: str) -> int
         try:
             sender(entry)
         except DeliveryError as exc:
-            print(f"wbc-counter lis: re-send to {dest} failed: {redact(str(exc), entry.payload)}", file=sys.stderr)
+            print(f"wbc-counter lis: re-send to {dest} failed: {one_line(redact(str(exc), entry.payload))}",
+                  file=sys.stderr)
             return 1
         except Exception as exc:  # e.g. a serial port that vanished mid-send; the delivered entry stays done
             logger.debug("re-send failed", exc_info=True)
@@ -132,10 +134,10 @@ def _send(worker: SyncWorker, dest: str, session_id: str, result_id: str) -> int
     if row["status"] == "done":
         return 0
     if row["status"] == "failed":
-        print(f"wbc-counter lis: {dest}: {row['last_error']}; the result stays in the outbox: fix the cause, then "
-              "'wbc-counter sync --retry-failed' or send again", file=sys.stderr)
+        print(f"wbc-counter lis: {dest}: {one_line(row['last_error'])}; the result stays in the outbox: fix the "
+              "cause, then 'wbc-counter sync --retry-failed' or send again", file=sys.stderr)
     else:
-        print(f"wbc-counter lis: {dest}: {row['last_error']}; the result stays queued: send again, or let "
+        print(f"wbc-counter lis: {dest}: {one_line(row['last_error'])}; the result stays queued: send again, or let "
               "'wbc-counter sync' retry it (needs [lis] configured)", file=sys.stderr)
     return 1
 
@@ -144,7 +146,7 @@ def _show(fmt: str, result_id: str, payload: dict) -> int:
     try:
         result = ResultPayload.parse(result_id, payload)
     except DeliveryError as exc:
-        print(f"wbc-counter lis: {exc}", file=sys.stderr)
+        print(f"wbc-counter lis: {one_line(exc)}", file=sys.stderr)
         return 1
     if fmt == "hl7":
         from edge_app.lis.hl7_oru import build_oru

@@ -27,6 +27,7 @@ from edge_app.sync.lock import SyncLock
 from edge_app.sync.outbox import Outbox, now_utc
 from edge_app.sync.signoff import SIGN_HINT, awaiting_signoff
 from edge_app.sync.worker import SyncSummary, SyncWorker
+from edge_app.textsafe import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _pass(outbox: Outbox, worker: SyncWorker, senders: dict) -> int:
     summary = worker.run_once()
     print(json.dumps(summary.public()), flush=True)
     for err in dict.fromkeys(summary.errors):  # one line per distinct reason
-        print(f"wbc-counter sync: {err}", file=sys.stderr)
+        print(f"wbc-counter sync: {one_line(err)}", file=sys.stderr)  # server text: no escapes
     unserved = sorted(outbox.pending_destinations() - set(senders))
     for dest in unserved:
         n = outbox.counts(dest)["pending"]
