@@ -149,7 +149,7 @@ def test_a_reports_folder_that_links_out_of_the_data_dir_is_refused(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
-def test_summary_json_refuses_a_symlink_and_a_folder_before_counting(tmp_path):
+def test_summary_json_and_record_refuse_a_symlink_and_a_folder_before_counting(tmp_path):
     data = tmp_path / "data"
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -161,6 +161,11 @@ def test_summary_json_refuses_a_symlink_and_a_folder_before_counting(tmp_path):
         r = wbc("run", "--source", SAMPLE_VIDEO, "--headless", "--summary-json", target, "--data-dir", data)
         no_traceback(r)
         assert r.returncode == 2 and message in r.stderr, r.stderr
+    recording = tmp_path / "screen.mp4"
+    recording.symlink_to(victim)
+    r = wbc("run", "--source", SAMPLE_VIDEO, "--headless", "--record", recording, "--data-dir", data)
+    no_traceback(r)
+    assert r.returncode == 2 and "--record" in r.stderr and "is a symbolic link" in r.stderr, r.stderr
     assert victim.read_text() == "precious\n"
     assert list(folder.iterdir()) == [] and not (tmp_path / "out.tmp").exists()
     assert not (data / "wbc.sqlite3").exists()  # refused before a session was opened

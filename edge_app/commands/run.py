@@ -94,6 +94,12 @@ def main(args) -> int:
         except fsutil.UnsafePathError as exc:
             print(f"wbc-counter run: error: {exc}", file=sys.stderr)
             return 2
+    if args.record:  # the recorder writes the file as it goes: a planted link would be written through
+        try:
+            fsutil.refuse_symlink(args.record, "--record")
+        except fsutil.UnsafePathError as exc:
+            print(f"wbc-counter run: error: {exc}", file=sys.stderr)
+            return 2
     source = open_source(args.source, cfg.capture)
     # One counter per data dir, held from before any session is resumed or aborted to after the summary.
     with RunLock(args.data_dir):
