@@ -10,8 +10,8 @@ a subprocess with a throw-away data dir, samples the child's resident memory
 run logs (its ``progress:`` lines), stops it with SIGTERM after ``--minutes``
 and prints one JSON object: RSS after the first minute, its maximum after the
 first minute, the final RSS and the drift (final minus first-minute value),
-in MB, with the fps series. Exit 1 when the drift exceeds ``--max-drift-mb``
-(the product's bound is 20 MB), or when the run ended on its own.
+in MB, the RSS at each whole minute, and the fps series. Exit 1 when the
+drift exceeds ``--max-drift-mb`` (the product's bound is 20 MB), or when the run ended on its own.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def soak(source: str, minutes: float, every_s: float, data_dir: Path, extra: lis
         "rss_mb_max": max(v for _, v in samples) if samples else None,
         "rss_mb_final": final,
         "drift_mb": None if first is None or final is None else round(final - first, 1),
+        "rss_mb_by_minute": {str(m): next((v for t, v in samples if t >= 60.0 * m), None)
+                             for m in range(1, int(minutes) + 1)},
         "fps": [v for _, v in fps],
         "rc": proc.returncode,
         "ended_early": ended_early,

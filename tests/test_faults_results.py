@@ -154,6 +154,18 @@ def test_replay_of_a_damaged_file_is_not_looped_over(tmp_path):
     assert 0 < n < 1228 and src.shortfall()
 
 
+@requires_sample
+def test_a_looped_replay_numbers_its_frames_on(tmp_path):
+    """A camera's frame numbers never start again; the tracker ages tracks by them (a replay whose
+    numbers restarted at 0 on every loop kept every earlier loop's tracks alive: memory and fps)."""
+    truncated_mjpeg(tmp_path)  # writes full.avi: 120 real frames
+    src = open_source(f"replay://{tmp_path / 'full.avi'}?fps=1000&loop=1")
+    src.open()
+    indices = [src.read().index for _ in range(400)]
+    src.close()
+    assert all(b > a for a, b in zip(indices, indices[1:])) and indices[-1] >= 300
+
+
 @pytest.mark.parametrize("query,message", [
     ("fps=-5", "fps='-5' is not a frame rate"),
     ("fps=abc", "fps='abc' is not a frame rate"),

@@ -8,6 +8,7 @@ or folder on its own clock like a camera, for tests of the live path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -284,12 +285,15 @@ class ReplaySource(FrameSource):
         self.t0 = 0.0
         self.next_index = 0
         self.rate = 30.0
+        self.base = 0  # frames of the loops already played: added to the inner source's numbers
+        self.inner_frames = 0
 
     def open(self) -> None:
         self.inner.open()
         self.rate = float(self.want_fps or self.inner.fps or 30.0)
         self.t0 = time.monotonic()
         self.next_index = 0
+        self.inner_frames = 0
 
     def read(self) -> Frame | None:
         # Wait for the next frame time, then skip to whatever frame is current.
@@ -302,12 +306,17 @@ class ReplaySource(FrameSource):
         while frame is not None and frame.index < current:
             frame = self.inner.read()
         if frame is None and self.loop and self.inner.shortfall() is None:  # a damaged file is not looped over
+            # Frame numbers go on across loops, as a camera's do: the tracker ages its tracks by them,
+            # and numbers starting again at 0 kept every track of every earlier loop alive.
+            self.base += self.inner_frames
             self.inner.close()
             self.open()
             return self.read()
-        if frame is not None:
-            self.next_index = frame.index + 1
-        return frame
+        if frame is None:
+            return None
+        self.next_index = frame.index + 1
+        self.inner_frames = max(self.inner_frames, self.next_index)
+        return dataclasses.replace(frame, index=frame.index + self.base) if self.base else frame
 
     @property
     def fps(self) -> float | None:
