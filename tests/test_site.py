@@ -253,3 +253,31 @@ def test_adapt_from_store_reads_the_kiosks_verified_cells(tmp_path, fp32_config)
     assert out["cells"]["basophil"] == 20 and out["cells"]["neutrophil"] == 20 and out["cells"]["lymphocyte"] == 0
     assert out["cells"]["other"] == 0
     assert json.loads((tmp_path / "p" / "profile.json").read_text())["verified_by"] == {"tech": 60}
+
+
+def test_results_carry_the_site_profile_as_device_calibration(tmp_path):
+    """A finalised result's payload names the profile (its session's calibration): the FHIR Observations say it
+    in their method and a site-profile component, and the bundle is still valid R4; without one, neither."""
+    pytest.importorskip("fhir.resources")
+    from edge_app.store import Store
+    from edge_app.sync.fhir_bundle import build_bundle
+    from edge_app.sync.payload import ResultPayload
+    from tests.sync_fixtures import IDENT_SYSTEM, finalised_session
+
+    with Store(tmp_path / "data") as store:
+        sid, rid = finalised_session(store)
+        payload = store.result(sid)
+    plain = build_bundle(ResultPayload.parse(rid, payload), IDENT_SYSTEM)
+    payload["device_calibration"] = {"box_scale": 1.0, "site_profile": "Ward 3 scope",
+                                     "site_profile_sha256": "ab" * 32}
+    result = ResultPayload.parse(rid, payload)
+    assert result.site_profile == f"Ward 3 scope (sha256 {'ab' * 6})"
+    bundle = build_bundle(result, IDENT_SYSTEM)
+    obs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert obs and all("site profile Ward 3 scope" in o["method"]["text"] for o in obs)
+    assert all(any(c["code"]["coding"][0]["code"] == "site-profile" and c["valueString"] == result.site_profile
+                   for c in o["component"]) for o in obs)
+    plain_obs = [e["resource"] for e in plain["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert not any(c["code"]["coding"][0]["code"] == "site-profile" for o in plain_obs for c in o["component"])
+    from fhir.resources.R4B.bundle import Bundle
+    Bundle.model_validate(bundle)
