@@ -281,3 +281,22 @@ def test_results_carry_the_site_profile_as_device_calibration(tmp_path):
     assert not any(c["code"]["coding"][0]["code"] == "site-profile" for o in plain_obs for c in o["component"])
     from fhir.resources.R4B.bundle import Bundle
     Bundle.model_validate(bundle)
+
+
+def test_hud_shows_the_profile_name():
+    """The top bar names the profile in force (amber text where the bar is otherwise empty); none, nothing."""
+    from edge_app.counting.tally import Tally
+    from edge_app.display.hud import AMBER, TOP, HudInfo, render_hud
+
+    class _Pipe:
+        tally = Tally(target=100)
+
+        def review_strip(self, n):
+            return []
+
+    plain = render_hud(None, _Pipe(), HudInfo(fps=30.0, backend="tflite", session="abcdef12"))
+    sited = render_hud(None, _Pipe(), HudInfo(fps=30.0, backend="tflite", session="abcdef12", site="Ward 3"))
+    bar = (slice(0, TOP - 4), slice(420, 700))
+    amber = lambda img: int((np.abs(img[bar].astype(int) - np.array(AMBER)).sum(axis=2) < 40).sum())  # noqa: E731
+    assert amber(plain) == 0 and amber(sited) > 50
+    assert np.array_equal(plain[TOP:], sited[TOP:])
