@@ -97,6 +97,15 @@ def _companion(src: Path, name: str) -> Path | None:
     return None
 
 
+def _refuse_links(folder: str, names: list[str]) -> list[str]:
+    """``copytree`` ignore hook: a link in a release would copy (or point at) a file from outside it."""
+    links = [n for n in names if os.path.islink(os.path.join(folder, n))]
+    if links:
+        raise UpdateError(f"the release holds symbolic links ({', '.join(sorted(links)[:3])} in {folder}): "
+                          "a release is plain files only; copy it again without links")
+    return []
+
+
 def install_version(src: str | Path, root: str | Path) -> str:
     """Copy a verified model folder to ``root/<version>``; returns the version. Idempotent."""
     src, root = Path(src), Path(root)
@@ -128,12 +137,17 @@ def install_version(src: str | Path, root: str | Path) -> str:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=DIR_MODE)
     files = {"manifest.json"} | {n for net in ("detector", "classifier") for n in manifest.entry(net)["files"].values()}
-    for name in sorted(files):
-        shutil.copy2(src / name, partial / name)
-    for name in COMPANIONS:
-        comp = _companion(src, name)
-        if comp is not None:
-            shutil.copytree(comp, partial / name)
+    try:
+        for name in sorted(files):
+            shutil.copy2(src / name, partial / name)
+        for name in COMPANIONS:
+            comp = _companion(src, name)
+            if comp is not None:
+                _refuse_links(str(comp.parent), [comp.name])  # the folder itself, then all inside it
+                shutil.copytree(comp, partial / name, ignore=_refuse_links)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a refused or failed copy leaves nothing behind
+        raise
     os.replace(partial, dest)  # appears whole or not at all
     logger.info("model %s installed in %s", version, dest)
     return version

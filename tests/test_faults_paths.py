@@ -572,3 +572,23 @@ def test_the_precision_cache_never_follows_a_planted_tmp_link(tmp_path):
     precision._write_cache(data, "k", {"precision": "fp32"})
     assert victim.read_text() == "precious"
     assert json.loads(cache.read_text())["k"] == {"precision": "fp32"} and not cache.is_symlink()
+
+
+def test_an_update_holding_a_symlink_is_refused_and_leaves_nothing(tmp_path):
+    from edge_app.updates import UpdateError, install_version
+
+    rel = tmp_path / "release"
+    shutil.copytree(MODELS, rel, ignore=shutil.ignore_patterns("training", "parity", "*.png", "*.md"))
+    data = json.loads((rel / "manifest.json").read_text())
+    data["version"] = "9.9.8"
+    (rel / "manifest.json").write_text(json.dumps(data))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any release")
+    (rel / "reference" / "deep").mkdir()
+    (rel / "reference" / "deep" / "x.jpg").symlink_to(secret)
+    root = tmp_path / "data" / "models"
+    with pytest.raises(UpdateError, match="symbolic links"):
+        install_version(rel, root)
+    assert sorted(p.name for p in root.iterdir()) == []  # no partial copy left, no version installed
+    (rel / "reference" / "deep" / "x.jpg").unlink()
+    assert install_version(rel, root) == "9.9.8"
