@@ -14,8 +14,9 @@ Runtime for the FP32 and Q/DQ ONNX), so the numbers are the kiosk's numbers.
   around it, ``edge_app.imaging.framing``): five-class accuracy (truth in the five
   classes; a prediction of "other" counts as wrong), macro-F1, per-class
   precision/recall/F1, one-vs-rest AUC, confusion matrix; INT8 vs FP32 vs Q/DQ
-  side by side; Gaussian noise N = I + G*alpha, alpha 0.05..0.35, on PBC test
-  crops (the noise is added to the image, then the cell is framed);
+  side by side (the Q/DQ ONNX run node by node, as TensorRT computes it, the
+  same on every CPU); Gaussian noise N = I + G*alpha, alpha 0.05..0.35, on PBC
+  test crops (the noise is added to the image, then the cell is framed);
 - detector: AP50 and recall@0.5 on held-out frames of each frame source;
 - end to end on held-out Chula slides: a cell is right when a detection
   matches its box (IoU >= 0.5) *and* carries its label;
@@ -47,7 +48,7 @@ from edge_app.config import ModelConfig  # noqa: E402
 from edge_app.imaging import framing, preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
 from edge_app.model.bundle import Classifier, Detector, Manifest  # noqa: E402
-from scripts.training import augment, data, kiosk_framing  # noqa: E402
+from scripts.training import augment, data, kiosk_framing, qdq  # noqa: E402
 from scripts.training.eval_metrics import (  # noqa: E402, F401 (re-exported: select_model and tests score with these)
     ALPHAS,
     TRAINED_SOURCES,
@@ -69,16 +70,13 @@ FRAMING_SOURCES = ("pbc", "raabin", "tecom", "chula", "bccd")
 
 # ------------------------------------------------------------------ runners
 class OnnxNet:
-    """ONNX Runtime with the Backend calling convention (reference + Q/DQ check)."""
+    """The Q/DQ ONNX with the Backend calling convention, run node by node as TensorRT computes it
+    (``scripts.training.qdq.session``), so its figures are the same on every CPU."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int = 2):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.sess = qdq.session(path, threads)
         self.inp = self.sess.get_inputs()[0].name
 
     def infer(self, x):
@@ -494,6 +492,24 @@ def carry_studies(r: dict, earlier: dict) -> dict:
     return r
 
 
+def rescore_qdq(r: dict, manifest: Manifest) -> dict:
+    """Re-score the Q/DQ ONNX rows of report ``r`` (classifier and detector per test set, camera
+    calibration) in place, leaving every other row as it was."""
+    clf = {"onnx_qdq": classifier_runners(manifest)["onnx_qdq"]}
+    det = {"onnx_qdq": detector_runners(manifest)["onnx_qdq"]}
+    for src, row in eval_classifiers(clf, classifier_test_sets(), det).items():
+        r["classifier"][src].update(row)
+    sets = detector_test_sets()
+    for src, row in eval_detectors(det, sets, r["detect_threshold"]).items():
+        r["detector"][src].update(row)
+    for cam, cal in CAMERA_CALIBRATIONS.items():
+        if cam in r.get("camera_calibration", {}):
+            with calibrated(det["onnx_qdq"], cal):
+                row = eval_detectors(det, {cam: sets[cam]}, r["detect_threshold"])[cam]["onnx_qdq"]
+            r["camera_calibration"][cam]["detector"]["onnx_qdq"] = row
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, default=MODELS)
@@ -508,7 +524,13 @@ def main(argv=None) -> int:
                          "(their checkpoints are training runs, not shipped, and do not depend on it)")
     ap.add_argument("--calibration-only", action="store_true",
                     help="re-score only the camera-calibration rows (CAMERA_CALIBRATIONS) into evaluation.json")
+    ap.add_argument("--qdq-only", action="store_true",
+                    help="re-score only the Q/DQ ONNX rows (classifier, detector, camera calibration) into "
+                         "evaluation.json")
     args = ap.parse_args(argv)
+    if args.qdq_only and (args.calibration_only or args.skip_main or args.loso or args.levers or args.add_loso
+                          or args.keep_studies):
+        ap.error("--qdq-only re-scores the Q/DQ rows of an existing report: use it alone")
     if args.calibration_only and (args.skip_main or args.loso or args.levers or args.add_loso or args.keep_studies):
         ap.error("--calibration-only adds the calibration rows to an existing report: use it alone")
     if args.add_loso and not args.skip_main:
@@ -524,6 +546,16 @@ def main(argv=None) -> int:
     earlier_r = json.loads(jpath.read_text()) if jpath.is_file() else {}
     if args.keep_studies and not earlier_r.get("loso"):
         ap.error(f"--keep-studies: {jpath} holds no LOSO rows to keep")
+    if args.qdq_only:
+        if earlier_r.get("version") != manifest.version:
+            ap.error(f"--qdq-only: {jpath} is not a report of model {manifest.version}")
+        r = rescore_qdq(earlier_r, manifest)
+        r["command_qdq"] = ("python -m scripts.training.evaluate " + " ".join(argv if argv is not None
+                                                                            else sys.argv[1:])).strip()
+        jpath.write_text(json.dumps(r, indent=1))
+        write_report(r, out)
+        logger.info("wrote %s", out / "EVALUATION.md")
+        return 0
     if args.calibration_only:
         if earlier_r.get("version") != manifest.version:
             ap.error(f"--calibration-only: {jpath} is not a report of model {manifest.version}")

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from edge_app.imaging import preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
 from edge_app.model.bundle import sha256_file as sha256  # noqa: E402  (the runtime's own manifest check)
-from scripts.training import embedding_outputs, onnx_weights  # noqa: E402
+from scripts.training import embedding_outputs, onnx_weights, qdq  # noqa: E402
 from scripts.training.quantize import CALIB, calibration_inputs, quantize_tflite  # noqa: E402
 from scripts.training.wbcnet import Classifier, Deployable, Detector, Ensemble  # noqa: E402
 
@@ -127,29 +127,6 @@ def export_onnx(model: Deployable, kind: str, path: Path) -> None:
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     logger.info("%s: ONNX opset %d, ops %s", path.name, OPSET, sorted({n.op_type for n in m.graph.node}))
-
-
-class _CalibReader:
-    def __init__(self, name: str, batches: list[np.ndarray]):
-        self.name, self.it = name, iter(batches)
-
-    def get_next(self):
-        x = next(self.it, None)
-        return None if x is None else {self.name: x.astype(np.float32)}
-
-
-def export_qdq(onnx_path: Path, kind: str, out: Path, calib: list[np.ndarray]) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    # TensorRT wants symmetric int8 (zero point 0) for activations and weights.
-    quantize_static(str(pre), str(out), _CalibReader(NAMES[kind][0][0], calib), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    pre.unlink()
 
 
 def export_tflite(model: Deployable, kind: str, fp32: Path, int8: Path, calib: list[np.ndarray]) -> None:
@@ -287,7 +264,7 @@ def main(argv=None) -> int:
         files = {"onnx": f"{kind}.onnx", "onnx_qdq": f"{kind}_qdq.onnx", "tflite_fp32": f"{kind}_fp32.tflite",
                  "tflite_int8": f"{kind}_int8.tflite"}
         export_onnx(model, kind, out / files["onnx"])
-        export_qdq(out / files["onnx"], kind, out / files["onnx_qdq"], calib)
+        qdq.write(out / files["onnx"], kind, out / files["onnx_qdq"], calib)
         export_tflite(model, kind, out / files["tflite_fp32"], out / files["tflite_int8"], calib)
         extra = []
         if kind == "classifier":  # the pooled features a site profile reads (edge_app.site), in every file
