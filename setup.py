@@ -12,7 +12,10 @@ setup(
                   "edge_app.review": ["templates/*.html", "static/*.js", "static/*.css"]},
     python_requires=">=3.8",
     install_requires=[
-        "numpy>=1.21",
+        "numpy>=1.21; platform_machine!='aarch64'",
+        # tflite-runtime (2.13, 2.14: the last releases) is built against NumPy 1.x and cannot load a model
+        # under NumPy 2 ("A module that was compiled using NumPy 1.x cannot be run in NumPy 2").
+        "numpy>=1.21,<2; platform_machine=='aarch64'",
         "opencv-python-headless>=4.5",
         "onnx>=1.12",
         "pyserial>=3.5",

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q -e .
+# the tested versions of every dependency (requirements/README.md)
+python -m pip install -q -c requirements/constraints.txt --upgrade pip
+python -m pip install -q -c requirements/constraints.txt -e .
 data=${WBC_DATA_DIR:-$PWD/.demo-data}
 summary="$data/sample_summary.json"
 mkdir -p "$data"

@@ -2,9 +2,10 @@
 # Set up and run the whole test suite (the README's test command; .ci/run calls it).
 #   ./scripts/test.sh [pytest args]
 # Installs what the tests need and that this checkout cannot carry: the Python
-# package with its test extra (in .venv), socat / Xvfb / systemd-analyze /
-# chromium + chromium-driver (the review page's browser test) from Debian when
-# missing (root only), and the Medplum FHIR engine from npm.
+# package with its test extra (in .venv, at the tested versions pinned in
+# requirements/constraints.txt), socat / Xvfb / systemd-analyze / chromium +
+# chromium-driver (the review page's browser test) from Debian when missing
+# (root only), and the Medplum FHIR engine from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,9 +28,9 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-echo "== installing wbc-counter[test] into .venv"
-python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[test]"
+echo "== installing wbc-counter[test] into .venv (the tested versions: requirements/constraints.txt)"
+python -m pip install -q -c requirements/constraints.txt --upgrade pip
+python -m pip install -q -c requirements/constraints.txt -e ".[test]"
 
 if command -v npm >/dev/null; then
   echo "== installing the Medplum FHIR engine for the sync tests (npm ci)"
