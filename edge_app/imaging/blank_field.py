@@ -108,10 +108,13 @@ def write_blank(rgb: np.ndarray, out: Path) -> str:
     return sha256_file(out)
 
 
-def _detector(cfg):
-    """The shipped detector as the kiosk runs it, or None (with a warning) when the model cannot load."""
+def _detector(cfg, data_dir=None):
+    """The shipped detector as the kiosk runs it, or None (with a warning) when the model cannot load.
+
+    ``data_dir`` is the kiosk's (``--data-dir``, else ``$WBC_DATA_DIR``...): on TensorRT the engine
+    is the one ``selftest --build-engine`` built there (``edge_app.paths``)."""
     try:
-        return ModelBundle.from_config(cfg, paths.data_dir()).detector
+        return ModelBundle.from_config(cfg, paths.data_dir(data_dir)).detector
     except Exception as exc:  # a broken model must not stop a blank capture; the structure check remains
         logger.warning("leukocyte check skipped: the model could not be loaded (%s)", exc)
         return None
@@ -124,6 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=15, help="frames whose median is the blank (default 15)")
     ap.add_argument("--config", default=None, help="the kiosk's config (capture size, quality limits, model)")
     ap.add_argument("--no-cell-check", action="store_true", help="skip the detector (the structure check stays)")
+    ap.add_argument("--data-dir", default=None,
+                    help="the kiosk's data dir, whose TensorRT engines the detector uses (default: $WBC_DATA_DIR "
+                         "or ~/.local/share/wbc-counter)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.out.suffix.lower() != ".png":
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config)
         rgb, n = median_field(open_source(args.source, cfg.capture), max(1, args.frames))
-        figures = check_blank(rgb, cfg.quality, None if args.no_cell_check else lambda: _detector(cfg))
+        figures = check_blank(rgb, cfg.quality, None if args.no_cell_check else lambda: _detector(cfg, args.data_dir))
         digest = write_blank(rgb, args.out)
     except BlankRefused as exc:
         print(f"blank_field: refused: {exc}; nothing was written", file=sys.stderr)
