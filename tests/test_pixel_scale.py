@@ -138,6 +138,7 @@ def test_pixel_scale_config(tmp_path, value, ok):
             load_config(cfg)
 
 
+@pytest.mark.datasets
 @pytest.mark.skipif(not DATASETS.is_dir(), reason="needs ../shared/datasets")
 def test_every_detector_camera_measures_its_known_ratio():
     """BCCD, Chula and TXL-PBC's Kaggle, PBC and Raabin cameras, each at a half and a fifth."""
@@ -154,7 +155,7 @@ def test_every_detector_camera_measures_its_known_ratio():
             assert rbc_diameter(shrink(frames, f))[0] / d1 == pytest.approx(f, rel=0.35), cam
 
 
-@pytest.mark.slow
+@pytest.mark.datasets
 @pytest.mark.skipif(not DATASETS.is_dir(), reason="needs ../shared/datasets")
 def test_held_out_frames_at_a_fifth_are_found_once_the_scale_is_measured():
     """scripts.training.eval_scale on a handful of real held-out BCCD frames (one made field of 25)."""
@@ -165,3 +166,26 @@ def test_held_out_frames_at_a_fifth_are_found_once_the_scale_is_measured():
     assert res["fifth_unscaled"]["recall"] < 0.5
     assert res["fifth_measured"]["scale"]["factor"] > 3
     assert res["fifth_measured"]["recall"] >= 0.9
+
+
+@pytest.mark.slow
+def test_a_session_records_the_scale_it_measured(tmp_path):
+    """The real `run` on the shipped sample pan (BCCD fields, a trained camera): the scale is measured from
+    the first frames, stays 1, and the session's calibration JSON says so."""
+    import subprocess
+    import sys
+
+    from edge_app.store import Store
+
+    video = ROOT / "samples" / "slide_pan_train.mp4"
+    out = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "edge_app", "run", "--source", str(video), "--backend", "tflite",
+                        "--target", "10", "--headless", "--summary-json", str(out), "--data-dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with Store(tmp_path / "d") as store:
+        calibration = json.loads(store.session(json.loads(out.read_text())["session"])["calibration"])
+    scale = calibration["pixel_scale"]
+    assert scale["mode"] == "auto" and scale["state"] in ("provisional", "measured")
+    assert scale["factor"] == 1.0 and scale["n_cells"] >= 20
+    assert scale["rbc_diameter_px"] == pytest.approx(rbc_diameter(BCCD)[0], rel=0.25)

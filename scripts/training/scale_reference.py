@@ -16,8 +16,10 @@ What is stored under ``models.detector.rbc_diameter_px``:
 - ``lo``: the smallest camera's median (Chula's): the smallest cells the detector learnt;
 - ``hi``: the largest camera's median, times 1/0.6: training's zoom window
   (``_random_frame_geometry``, 0.6 to 1 of the frame) enlarges cells by up to that;
-- ``target``: where a camera outside [lo, hi] is brought: the median over all
-  runs (the size the detector saw most);
+- ``target``: where a camera outside [lo, hi] is brought; by default the median
+  over all runs (the size the detector saw most), or ``--target``, chosen on the
+  *val* frames with ``python -m scripts.training.eval_scale --split val --target T``
+  (``models/EVALUATION.md``; recorded in ``target_chosen``);
 - per camera: runs, median, 5th and 95th percentiles.
 The manifest's model files are not touched, so their sha256 stay valid.
 """
@@ -98,9 +100,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="store the reference in models/manifest.json")
     ap.add_argument("--limit", type=int, default=None, help="first N frames only (a quick look)")
+    ap.add_argument("--target", type=float, default=None,
+                    help="the target chosen on val by scripts.training.eval_scale (default: the train median)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ref = measure("train", args.limit)
+    if args.target is not None:
+        ref["target_chosen"] = {"train_median": ref["target"], "target": args.target,
+                                "how": "python -m scripts.training.eval_scale --split val --per-camera 50 --target T"}
+        ref["target"] = args.target
     print(json.dumps(ref, indent=1))
     if args.write:
         write(ref)
