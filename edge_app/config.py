@@ -144,8 +144,9 @@ class TrackingConfig(_Strict):
     dedupe_distance: float = Field(1.5, ge=0.0)
     # An unconfirmed track missed this many frames in a row is dropped (a false positive).
     drop_unconfirmed_after: int = Field(6, ge=1)
-    # Analysis width (px) of the phase-correlation stage-motion estimate.
-    motion_width: int = Field(320, ge=64, le=1024)
+    # Analysis width (px) of the phase-correlation stage-motion estimate: 256 keeps the slide pans' counts of
+    # 320 at 0.14 px median error against the true path (scripts/research/README.md, "Live loop: what pays").
+    motion_width: int = Field(256, ge=64, le=1024)
 
 
 class TallyConfig(_Strict):

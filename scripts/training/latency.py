@@ -24,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
+from edge_app import cpuinfo  # noqa: E402
 from edge_app.backends.tflite import TFLiteBackend  # noqa: E402
 from edge_app.imaging import boxrefine, preprocess  # noqa: E402
 from edge_app.model.bundle import Detector, Manifest  # noqa: E402
@@ -54,7 +55,9 @@ def main(argv=None) -> int:
     frame = preprocess.read_rgb(str(ROOT / "calibration" / calib["frames"][0]["file"]))
     inputs = {"classifier": preprocess.model_input("classifier", crop, m.stain_norm),
               "detector": preprocess.model_input("detector", frame)}
-    out = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "runs": args.runs,
+    cpu = cpuinfo.cpu()
+    out = {"cpu": cpu["model"] or platform.machine(), "simd": [k for k, v in cpu["simd"].items() if v],
+           "threads": args.threads, "runs": args.runs,
            "model_version": m.version, "ms": {}}
     for net, x in inputs.items():
         for precision in ("int8", "fp32"):
