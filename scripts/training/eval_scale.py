@@ -20,6 +20,10 @@ camera and pooled, with the shipped INT8 TFLite detector (torch-free):
   session's first frames), with the detector's cost per frame.
 
 Recall is at IoU 0.5 against the labelled boxes, at the detector's own threshold.
+
+``--ratios`` instead checks the measurement itself against known magnification
+ratios: each camera's frames resized by 1/2, 1/3 and 1/5, the measured red-cell
+diameter over the diameter at 1x (ideal: the resize factor).
 """
 
 from __future__ import annotations
@@ -191,6 +195,26 @@ def evaluate(split: str = "test", shrink: int = SHRINK, per_camera: int | None =
     return out
 
 
+def ratios(split: str = "val", per_camera: int = 12) -> dict:
+    """Measured diameter ratio at known resize factors, per camera (``per_camera`` frames of one size)."""
+    from edge_app.imaging.scale import rbc_diameter
+
+    cams: dict[str, list] = {}
+    for camera, rgb, _ in held_out_frames(split):
+        frames = cams.setdefault(camera, [])
+        if len(frames) < per_camera and (not frames or frames[0].shape == rgb.shape):
+            frames.append(rgb)
+    out = {}
+    for camera, frames in sorted(cams.items()):
+        d1 = rbc_diameter(frames)[0]
+        row = {"frames": len(frames), "diameter_1x": round(d1, 1)}
+        for f in (0.5, 1 / 3, 0.2):
+            small = [cv2.resize(x, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) for x in frames]
+            row[f"ratio_at_{f:.2f}"] = round(rbc_diameter(small)[0] / d1, 3) if d1 else None
+        out[camera] = row
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--split", choices=("val", "test"), default="test")
@@ -199,11 +223,15 @@ def main(argv=None) -> int:
     ap.add_argument("--camera", action="append", default=None, help="only this camera (repeatable), e.g. bccd")
     ap.add_argument("--target", type=float, default=None, help="try another reference target (val only)")
     ap.add_argument("--out", default=None, help="also write the result JSON here")
+    ap.add_argument("--ratios", action="store_true", help="check the measurement at known resize factors instead")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.target is not None and args.split == "test":
         raise SystemExit("--target is for choosing the reference on val; the test split is never tuned on")
-    res = evaluate(args.split, args.shrink, args.per_camera, args.target, args.camera)
+    if args.ratios:
+        res = ratios(args.split, args.per_camera or 12)
+    else:
+        res = evaluate(args.split, args.shrink, args.per_camera, args.target, args.camera)
     text = json.dumps(res, indent=1)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
