@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from edge_app.config import ModelConfig  # noqa: E402
 from edge_app.imaging import framing, preprocess  # noqa: E402
 from edge_app.labels import CLASSES  # noqa: E402
-from edge_app.model.bundle import Classifier, Detector, Manifest  # noqa: E402
+from edge_app.model.bundle import Classifier, Detector, Manifest, sha256_file  # noqa: E402
 from scripts.training import augment, data, kiosk_framing, qdq  # noqa: E402
 from scripts.training.eval_metrics import (  # noqa: E402, F401 (re-exported: select_model and tests score with these)
     ALPHAS,
@@ -629,6 +629,9 @@ def main(argv=None) -> int:
                                 "f1": m["macro_f1_five"], "tecom": tec["five_class_accuracy"],
                                 "views": manifest.tta_views, "acc_tta": mt["five_class_accuracy"],
                                 "tecom_tta": tect["five_class_accuracy"]})
+    fs = earlier_r.get("fewshot")
+    if fs and fs.get("classifier_int8_sha256") == sha256_file(manifest.file("classifier", "tflite_int8")):
+        r["fewshot"] = fs  # figures of this very classifier file: kept until scripts.training.fewshot --write
     jpath.write_text(json.dumps(r, indent=1))
     plot_confusions(r["classifier"], out)
     plot_noise(r["noise"], out)

@@ -1,6 +1,7 @@
 """Few-shot curves of the site head (``edge_app.site.head``) with the shipped network, per labelled source.
 
-    python -m scripts.training.fewshot                    # test splits: k = 0, 5, 10, 20, 10 draws, markdown + JSON
+    python -m scripts.training.fewshot                    # test splits: k = 0, 5, 10, 20, 10 draws, markdown
+    python -m scripts.training.fewshot --write            # ... and into models/evaluation.json + EVALUATION.md
     python -m scripts.training.fewshot --select           # val splits: which head method, lambda and alpha
     python -m scripts.training.fewshot --bench            # ms per crop the head adds (fit excluded)
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import sys
@@ -47,6 +47,7 @@ from edge_app.model.bundle import Classifier, Detector, Manifest, sha256_file  #
 from edge_app.site import head as site_head  # noqa: E402
 from scripts.training import data  # noqa: E402
 from scripts.training.eval_metrics import classification_metrics  # noqa: E402
+from scripts.training.eval_report import fewshot_section  # noqa: E402
 from scripts.training.splits import DATASETS, split_of  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ SELECT_SOURCES = ("pbc", "raabin", "chula", "bccd")
 GRID = [("anchored", lam) for lam in (1e-3, 1e-2, 1e-1, 1.0)] + [("logreg", 1e-3), ("logreg", 1e-2),
                                                                     ("prototype", 0.0)]
 ALPHAS = (0.5, 0.75, 1.0)
+RUNNER_UP = ("anchored", 0.1, 0.5)  # the val runner-up (within 0.001 of the chosen head)
 
 
 def crops(source: str, splits: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--select", action="store_true", help="val splits: score the head grid (method, lambda, alpha)")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--write", action="store_true",
+                    help="also score the val grid, store both in MODEL_DIR/evaluation.json and re-render EVALUATION.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     manifest = Manifest.load(args.model_dir)
@@ -222,27 +226,56 @@ def main(argv=None) -> int:
         print(json.dumps({"select": {"method": best[0], "lambda": best[1], "alpha": best[2]}}))
         return 0
     cfg = (site_head.DEFAULT_METHOD, site_head.DEFAULT_LAMBDA, site_head.DEFAULT_ALPHA)
-    res = curves(SOURCES, KS, args.draws, False, manifest, [cfg])
-    summary = {s: {k: summarise(res[s][cfg][k]) for k in KS} for s in SOURCES}
-    print(f"head: {cfg[0]}, lambda {cfg[1]:g}, alpha {cfg[2]:g}; INT8 TFLite, {manifest.tta_views} views, "
-          f"{args.draws} draws")
-    print("| source | network trained on it | k per class | test cells | five-class acc | macro-F1 (five) "
-          "| network on the same cells |")
-    print("|---|---|---|---|---|---|---|")
-    for s in SOURCES:
-        for k in KS:
-            r = summary[s][k]
-            n = "all" if k == 0 else f"{k}"
-            print(f"| {s} | {'no' if s == 'tecom' else 'yes (train split)'} | {n} | "
-                  f"{'whole test split' if k == 0 else 'rest'} | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} | "
-                  f"{r['f1_mean']:.3f} ± {r['f1_sd']:.3f} | {r['network_rest_acc']:.3f} / {r['network_rest_f1']:.3f} |")
-    out = {"config": {"method": cfg[0], "lambda": cfg[1], "alpha": cfg[2]}, "draws": args.draws,
-           "model_sha256": hashlib.sha256(json.dumps(manifest.data, sort_keys=True).encode()).hexdigest()[:12],
-           "curves": {s: {str(k): v for k, v in summary[s].items()} for s in SOURCES}}
+    configs = [cfg, RUNNER_UP]
+    res = curves(SOURCES, KS, args.draws, False, manifest, configs)
+    out = {"command": "python -m scripts.training.fewshot" + (" --write" if args.write else ""),
+           "draws": args.draws, "precision": "int8", "views": manifest.tta_views,
+           "classifier_int8_sha256": sha256_file(manifest.file("classifier", "tflite_int8")),
+           "heads": [{"method": m, "lambda": lam, "alpha": a, "chosen": (m, lam, a) == cfg,
+                      "curves": {s: {str(k): summarise(res[s][(m, lam, a)][k]) for k in KS} for s in SOURCES}}
+                     for m, lam, a in configs],
+           "cost": bench(manifest), "select": select_rows(args.draws, manifest) if args.write else None}
+    print(fewshot_section(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    print(json.dumps(out))
+    if args.write:
+        jpath = args.model_dir / "evaluation.json"
+        r = json.loads(jpath.read_text())
+        r["fewshot"] = out  # scripts.training.evaluate renders it from here when it writes the whole report
+        jpath.write_text(json.dumps(r, indent=1))
+        md = args.model_dir / "EVALUATION.md"
+        md.write_text(splice_section(md.read_text(), fewshot_section(out)))
+        logger.info("wrote the site adaptation section of %s", md)
     return 0
+
+
+def splice_section(text: str, section: str) -> str:
+    """``text`` with its site adaptation section (and its subsections) replaced by ``section``, or with
+    ``section`` appended: the other sections of EVALUATION.md are left exactly as they are."""
+    lines = text.rstrip("\n").split("\n")
+    head = section.split("\n", 1)[0]
+    if head in lines:
+        i = lines.index(head)
+        j = next((n for n in range(i + 1, len(lines)) if lines[n].startswith("## ")), len(lines))
+        lines = lines[:i] + section.split("\n") + ([""] + lines[j:] if j < len(lines) else [])
+    else:
+        lines += [""] + section.split("\n")
+    return "\n".join(lines) + "\n"
+
+
+def select_rows(draws: int, manifest: Manifest) -> list[dict]:
+    """The val grid (what chose the head): mean five-class accuracy over SELECT_SOURCES at k = 5 and 10."""
+    configs = [(m, lam, a) for m, lam in GRID for a in ALPHAS]
+    res = curves(SELECT_SOURCES, (5, 10), draws, True, manifest, configs)
+    rows = []
+    for m, lam, a in configs:
+        accs = {k: float(np.mean([summarise(res[s][(m, lam, a)][k])["acc_mean"] for s in SELECT_SOURCES]))
+                for k in (5, 10)}
+        rows.append({"method": m, "lambda": lam, "alpha": a, "k5": accs[5], "k10": accs[10]})
+    net = {k: float(np.mean([summarise(res[s][configs[0]][k])["network_rest_acc"] for s in SELECT_SOURCES]))
+           for k in (5, 10)}
+    rows.sort(key=lambda r: -(r["k5"] + r["k10"]))
+    return [{"method": "network alone", "lambda": None, "alpha": 0.0, "k5": net[5], "k10": net[10]}] + rows
 
 
 if __name__ == "__main__":
