@@ -155,10 +155,12 @@ def test_every_detector_camera_measures_its_known_ratio():
             assert rbc_diameter(shrink(frames, f))[0] / d1 == pytest.approx(f, rel=0.35), cam
 
 
+@pytest.mark.slow
 @pytest.mark.datasets
 @pytest.mark.skipif(not DATASETS.is_dir(), reason="needs ../shared/datasets")
 def test_held_out_frames_at_a_fifth_are_found_once_the_scale_is_measured():
-    """scripts.training.eval_scale on a handful of real held-out BCCD frames (one made field of 25)."""
+    """scripts.training.eval_scale on a handful of real held-out BCCD frames (25, in the 8 fields a session
+    measures from)."""
     from scripts.training.eval_scale import evaluate
 
     res = evaluate("test", per_camera=25, cameras=["bccd"])["cameras"]["bccd"]
@@ -189,3 +191,14 @@ def test_a_session_records_the_scale_it_measured(tmp_path):
     assert scale["mode"] == "auto" and scale["state"] in ("provisional", "measured")
     assert scale["factor"] == 1.0 and scale["n_cells"] >= 20
     assert scale["rbc_diameter_px"] == pytest.approx(rbc_diameter(BCCD)[0], rel=0.25)
+
+
+@pytest.mark.datasets
+@pytest.mark.skipif(not DATASETS.is_dir(), reason="needs ../shared/datasets")
+def test_one_frame_of_a_trained_camera_that_misreads_is_left_alone():
+    """A single Chula frame (what `detect IMAGE` sees) reads its crowded cells 20% small; one frame must
+    leave the trained range by a wider margin than a session's eight before anything is resized."""
+    frame = preprocess.read_rgb(str(DATASETS / "chula" / "images" / "L-8_0044.jpg"))
+    d = rbc_diameter([frame])[0] * detector_scale(frame.shape)
+    assert REFERENCE.lo / 1.45 < d < REFERENCE.lo / 1.15  # outside the 8-frame band, inside the 1-frame one
+    assert measure_scale([frame], REFERENCE).factor == 1.0

@@ -5,9 +5,10 @@ Prints ``{"image": PATH, "cells": [{"box": [x1, y1, x2, y2], "label": NAME,
 
 With ``[capture] pixel_scale = "auto"`` (the default) the camera's pixel scale
 is measured from the images themselves: images of one size are taken as one
-camera, and its scale is measured from the first of them
-(``edge_app.imaging.scale``). Images of a trained camera's scale are detected
-exactly as without it.
+camera, and its scale is measured from the first eight of them
+(``edge_app.imaging.scale``; from fewer, the size must leave the trained range
+by a wider margin). Images of a trained camera's scale are detected exactly as
+without it.
 """
 
 from __future__ import annotations

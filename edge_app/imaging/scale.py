@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 
 # A measured size this close to the trained range counts as inside it.
 TOLERANCE = 0.15
+# Measured from fewer frames than MEASURE_FRAMES (a single image given to `detect`), the size must
+# leave the trained range by this much: one frame of a trained camera can misread by 15-30%
+# (18 of Chula's 348 frames read below its range by more than 15%, 10 by more than 30%).
+FEW_FRAMES_TOLERANCE = 0.45
+FEW_FRAMES_AGREEMENT = 0.3
 # Fewer red cells than this over all frames: the estimate is not trusted (factor 1).
 MIN_CELLS = 20
 # Smallest radius (frame pixels) a cell centre may have: below it, noise and platelets.
@@ -98,11 +103,12 @@ class ScaleReference:
             return None
         return ref
 
-    def factor_for(self, diameter_at_detector: float) -> float:
+    def factor_for(self, diameter_at_detector: float, tolerance: float | None = None) -> float:
         """Resize factor for a camera whose red cells measure this many detector-input pixels."""
+        tol = TOLERANCE if tolerance is None else tolerance
         if not diameter_at_detector > 0:
             return 1.0
-        if self.lo * (1 - TOLERANCE) <= diameter_at_detector <= self.hi * (1 + TOLERANCE):
+        if self.lo / (1 + tol) <= diameter_at_detector <= self.hi * (1 + tol):
             return 1.0
         return float(np.clip(self.target / diameter_at_detector, *FACTOR_LIMITS))
 
@@ -262,8 +268,11 @@ def measure_scale(frames_rgb: list[np.ndarray], reference: ScaleReference | None
     confidence = 0.0 if n < MIN_CELLS else agreement * min(1.0, n / 100)
     ref = reference if reference is not None else _shipped_reference()
     factor = 1.0
-    if ref is not None and n >= MIN_CELLS and agreement >= MIN_AGREEMENT and diameter > 0:
-        factor = ref.factor_for(diameter * detector_scale(frames[0].shape))
+    few = len(frames) < MEASURE_FRAMES
+    trusted = agreement >= (FEW_FRAMES_AGREEMENT if few else MIN_AGREEMENT)
+    if ref is not None and n >= MIN_CELLS and trusted and diameter > 0:
+        factor = ref.factor_for(diameter * detector_scale(frames[0].shape),
+                                FEW_FRAMES_TOLERANCE if few else TOLERANCE)
     return ScaleEstimate(round(factor, 4), diameter, n, round(confidence, 3))
 
 

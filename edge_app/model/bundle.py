@@ -447,7 +447,9 @@ class ModelBundle:
     frames (``Detector``'s ``scale``): a number fixes it (a site profile's
     measured value, or ``[capture] pixel_scale``); ``"auto"`` leaves it at 1
     until the caller measures it from its own frames with ``measure_scale``
-    (``detect``: each image; ``run``: the session's first frames).
+    (``detect``: each image size; ``run``: the session's first frames). A site
+    profile whose ``pixel_scale`` is set (its ``ScaleEstimate.factor``) takes
+    the place of "auto"; a number given here still wins.
     """
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
@@ -462,6 +464,10 @@ class ModelBundle:
             from edge_app.site import profile as site_profile
 
             self.site = site_profile.load(site, self.manifest)
+        # a profile that recorded its camera's measured scale fixes it, unless a number was given
+        profile_scale = getattr(self.site, "pixel_scale", None)
+        if scale == "auto" and profile_scale:
+            scale = float(profile_scale)
         self.backend_name = resolve_backend_name(backend)
         # "auto": measured once per CPU and model (edge_app.model.precision), cached in the data dir
         from edge_app.model import precision as auto_precision

@@ -9,7 +9,10 @@ made here from the detector's held-out frames (``scripts.training.splits``;
 BCCD, Chula and TXL-PBC's cameras, one camera per made frame): 5 x 5 real
 frames of one camera, each shrunk by 5 and mirrored alternately so the plasma
 runs on across the seams, side by side in one field of the original frame's
-size. Every cell in it is a real, labelled cell; nothing is drawn. Reported per
+size. Every cell in it is a real, labelled cell; nothing is drawn. Each camera
+gets at least ``MEASURE_FRAMES`` such fields (the frames a session measures its
+scale from), its frames reused across fields when it has fewer than that many
+fields' worth. Reported per
 camera and pooled, with the shipped INT8 TFLite detector (torch-free):
 
 - ``1x``: the held-out frames as they are, scale measured from them (must be 1:
@@ -39,7 +42,7 @@ import cv2
 import numpy as np
 
 from edge_app.imaging import preprocess
-from edge_app.imaging.scale import ScaleReference, measure_scale
+from edge_app.imaging.scale import MEASURE_FRAMES, ScaleReference, measure_scale
 from edge_app.model.bundle import Detector, Manifest, create_backend
 from scripts.training.eval_metrics import iou_matrix
 from scripts.training.scale_reference import TXL_CAMERAS
@@ -171,8 +174,11 @@ def evaluate(split: str = "test", shrink: int = SHRINK, per_camera: int | None =
     for camera, frames in sorted(groups.items()):
         frames = [f for f in frames if f[0].shape == frames[0][0].shape]  # one camera, one frame size
         order = rng.permutation(len(frames))
-        n_fields = max(1, -(-len(frames) // (shrink * shrink)))
-        chunks = [[frames[j] for j in order[k::n_fields]] for k in range(n_fields)]
+        # as many fields as a session measures its scale from (frames reused across fields when a
+        # camera has fewer than that many fields' worth); every field is scored
+        per = shrink * shrink
+        n_fields = max(MEASURE_FRAMES, -(-len(frames) // per))
+        chunks = [[frames[order[(k * per + j) % len(frames)]] for j in range(per)] for k in range(n_fields)]
         fields = [fifth_field(c, shrink) for c in chunks]
         res: dict = {}
         one = measure_scale([f[0] for f in frames], ref)
