@@ -492,12 +492,13 @@ def carry_studies(r: dict, earlier: dict) -> dict:
     return r
 
 
-def rescore_qdq(r: dict, manifest: Manifest) -> dict:
-    """Re-score the Q/DQ ONNX rows of report ``r`` (classifier and detector per test set, camera
-    calibration) in place, leaving every other row as it was."""
+def rescore_qdq(r: dict, manifest: Manifest, sources: list[str] | None = None) -> dict:
+    """Re-score the Q/DQ ONNX rows of report ``r`` (classifier per crop test set, or only ``sources``;
+    detector per frame test set; camera calibration) in place, leaving every other row as it was."""
     clf = {"onnx_qdq": classifier_runners(manifest)["onnx_qdq"]}
     det = {"onnx_qdq": detector_runners(manifest)["onnx_qdq"]}
-    for src, row in eval_classifiers(clf, classifier_test_sets(), det).items():
+    crop_sets = {k: v for k, v in classifier_test_sets().items() if not sources or k in sources}
+    for src, row in eval_classifiers(clf, crop_sets, det).items():
         r["classifier"][src].update(row)
     sets = detector_test_sets()
     for src, row in eval_detectors(det, sets, r["detect_threshold"]).items():
@@ -527,7 +528,11 @@ def main(argv=None) -> int:
     ap.add_argument("--qdq-only", action="store_true",
                     help="re-score only the Q/DQ ONNX rows (classifier, detector, camera calibration) into "
                          "evaluation.json")
+    ap.add_argument("--sources", nargs="+", default=None, metavar="SOURCE",
+                    help="with --qdq-only: re-score the classifier rows of these crop test sets only")
     args = ap.parse_args(argv)
+    if args.sources and not args.qdq_only:
+        ap.error("--sources only narrows --qdq-only")
     if args.qdq_only and (args.calibration_only or args.skip_main or args.loso or args.levers or args.add_loso
                           or args.keep_studies):
         ap.error("--qdq-only re-scores the Q/DQ rows of an existing report: use it alone")
@@ -549,7 +554,7 @@ def main(argv=None) -> int:
     if args.qdq_only:
         if earlier_r.get("version") != manifest.version:
             ap.error(f"--qdq-only: {jpath} is not a report of model {manifest.version}")
-        r = rescore_qdq(earlier_r, manifest)
+        r = rescore_qdq(earlier_r, manifest, args.sources)
         r["command_qdq"] = ("python -m scripts.training.evaluate " + " ".join(argv if argv is not None
                                                                             else sys.argv[1:])).strip()
         jpath.write_text(json.dumps(r, indent=1))
