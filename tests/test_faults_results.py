@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -183,14 +184,15 @@ def test_bad_replay_options_are_refused_by_name(tmp_path, query, message):
 
 # -- a result says what it is (in-process loop, the real store) ----------------------------
 @requires_sample
-def test_a_corrupt_video_is_finalised_incomplete_and_never_queued(tmp_path):
+def test_a_corrupt_video_is_finalised_incomplete_and_not_sendable(tmp_path):
     store = Store(tmp_path / "d")
     res = LiveRun(cfg=load_config(None), bundle=FakeBundle(), source=open_source(str(corrupt_copy(tmp_path))),
                   store=store, target=1000).run()
     assert res.reason == "source-ended" and res.payload["complete"] is False
     assert res.payload["state"] == "incomplete" and "of the 1228 it declares" in res.payload["reason"]
     assert store.result_state(res.session_id) == ("incomplete", res.payload["reason"])
-    assert outbox_rows(store) == []  # nothing to deliver
+    # Queued, to wait for a person who signs it knowing it is incomplete; no sender takes it before.
+    assert [r["status"] for r in outbox_rows(store)] == ["pending"]
     row, payload, final = session_result(store, res.session_id)
     assert "INCOMPLETE: video corrupt.mp4 could not be read past frame" in text_summary(row, payload, final)
     with pytest.raises(PermanentError, match="INCOMPLETE"):
@@ -374,9 +376,12 @@ def test_a_second_counter_is_refused_and_the_first_result_stays(tmp_path):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait until the first has opened its session
             if (data / "wbc.sqlite3").exists():
-                with Store(data, readonly=True) as s:
-                    if s.open_sessions():
-                        break
+                try:
+                    with Store(data, readonly=True) as s:
+                        if s.open_sessions():
+                            break
+                except (StoreError, sqlite3.Error):  # the file exists a moment before its tables
+                    pass
             assert first.poll() is None, first.stderr.read()
             time.sleep(0.5)
         second = cli("run", "--source", f"replay://{SAMPLE_VIDEO}?fps=30", "--headless", "--target", "5",
@@ -462,31 +467,35 @@ def test_corrupt_video_and_empty_count_are_never_delivered_as_final(tmp_path, fh
     rep = cli("report", s["session"][:8], "--data-dir", data, "--out", tmp_path / "rep")
     assert rep.returncode == 0 and "INCOMPLETE: video corrupt.mp4" in rep.stdout, rep.stderr[-1000:]
 
-    # Someone queues them anyway (an old build, a hand-made entry): the sender refuses them.
     with Store(data) as store:
-        for sid in (s["session"], s0["session"]):
-            rid = store.conn.execute("SELECT result_id FROM results WHERE session_id=?", (sid,)).fetchone()[0]
-            store.conn.execute("INSERT INTO outbox (result_id, destination, next_attempt_at, created_at)"
-                               " VALUES (?, 'fhir', '2000-01-01', '2000-01-01')", (rid,))
+        rid_inc, rid_none = (store.conn.execute("SELECT result_id FROM results WHERE session_id=?",
+                                                (sid,)).fetchone()[0] for sid in (s["session"], s0["session"]))
+        assert [r["result_id"] for r in outbox_rows(store)] == [rid_inc]  # a no-result is never queued
+        # Someone queues the no-result anyway (an old build, a hand-made entry): no sender takes it.
+        store.conn.execute("INSERT INTO outbox (result_id, destination, next_attempt_at, created_at)"
+                           " VALUES (?, 'fhir', '2000-01-01', '2000-01-01')", (rid_none,))
     rc, stdout, err = _sync(tmp_path, fhir_server, data, capsys)
     assert summary_line(stdout)["delivered"] == 0
     assert fhir_server.search("DiagnosticReport") == [] and fhir_server.search("Observation") == []
-    assert "INCOMPLETE" in err or "held" in err or "not signed" in err
 
     for sid in (s["session"], s0["session"]):
         lis = cli("lis", "send", sid[:8], "--port", "loop://", "--data-dir", data)
         assert lis.returncode == 1 and ("INCOMPLETE" in lis.stderr or "NO RESULT" in lis.stderr), lis.stderr
         one_clear_line(lis)
 
-    # A complete count in the same data dir still goes out (the refusals are about these results only).
-    with Store(data) as store:
-        sid, rid = finalised_session(store, sample_id="S-OK")
-        store.conn.execute("UPDATE results SET payload=json_set(payload, '$.signed_by', 'dr.a') WHERE result_id=?",
-                           (rid,))
+    # Signed by a person only knowing it is incomplete; then, and only then, it goes out.
+    unaware = cli("sign", s["session"][:8], "--user", "dr.a", "--data-dir", data)
+    assert unaware.returncode == 2 and "INCOMPLETE" in unaware.stderr
+    assert cli("sign", s0["session"][:8], "--user", "dr.a", "--data-dir", data).returncode == 2  # no result
+    knowing = cli("sign", s["session"][:8], "--user", "dr.a", "--incomplete", "--data-dir", data)
+    assert knowing.returncode == 0, knowing.stderr[-1500:]
     rc, stdout, err = _sync(tmp_path, fhir_server, data, capsys)
     reports = fhir_server.search("DiagnosticReport")
-    assert summary_line(stdout)["delivered"] == 1 and len(reports) == 1
-    assert reports[0]["identifier"][0]["system"] == IDENT_SYSTEM and reports[0]["identifier"][0]["value"] == rid
+    assert summary_line(stdout)["delivered"] == 1 and len(reports) == 1, err
+    assert {"system": IDENT_SYSTEM, "value": rid_inc} in reports[0]["identifier"]
+    with Store(data) as store:
+        none_row = [r for r in outbox_rows(store) if r["result_id"] == rid_none][0]
+        assert none_row["status"] != "done"
 
 
 def test_the_soak_script_says_when_the_run_ended_on_its_own(tmp_path):

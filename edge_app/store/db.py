@@ -30,7 +30,8 @@ DB_NAME = paths.DB_NAME
 KIOSK_USER = "kiosk"
 
 
-# What a result is (results.state, migration 0003): only 'final' results are ever sent.
+# What a result is (results.state, migration 0003): 'final' results are sent; 'incomplete' ones only
+# once a person signed them knowing so; 'no-result' never.
 RESULT_STATES = ("final", "incomplete", "no-result")
 NO_CELL_REASON = "no leukocyte was counted"
 
@@ -329,8 +330,10 @@ class Store:
                          frames: int | None = None, state: str = "final", reason: str | None = None) -> str:
         """Close a session: result + outbox entries + status in ONE transaction.
 
-        ``state`` says what the result is (``RESULT_STATES``): only a 'final' one is queued for
-        ``destinations``; a payload with no five-part cell is 'no-result' whatever is asked. The
+        ``state`` says what the result is (``RESULT_STATES``); a payload with no five-part cell is
+        'no-result' whatever is asked, and is never queued. An 'incomplete' one is queued like a
+        final one, but no sender delivers it until a person signs it knowing it is incomplete
+        (``sync.payload.refuse_unsendable``; the sign-off hold keeps it untouched till then). The
         session must still be open and have no result: a second counter, or a second finalise,
         raises StoreError and changes nothing (a result row is never overwritten).
         Returns the stable result id used for idempotent delivery.
@@ -357,7 +360,7 @@ class Store:
                     (session_id, result_id, json.dumps(payload, sort_keys=True), now, state, reason))
             except sqlite3.IntegrityError as exc:  # rolled back with the status change above
                 raise StoreError(f"session {session_id} already has a result; it was not changed") from exc
-            for dest in destinations if state == "final" else ():
+            for dest in destinations if state != "no-result" else ():
                 self.conn.execute(
                     "INSERT OR IGNORE INTO outbox (result_id, destination, next_attempt_at, created_at)"
                     " VALUES (?,?,?,?)", (result_id, dest, now, now))
