@@ -498,6 +498,7 @@ def rescore_qdq(r: dict, manifest: Manifest, sources: list[str] | None = None) -
     clf = {"onnx_qdq": classifier_runners(manifest)["onnx_qdq"]}
     det = {"onnx_qdq": detector_runners(manifest)["onnx_qdq"]}
     crop_sets = {k: v for k, v in classifier_test_sets().items() if not sources or k in sources}
+    r["qdq_sources"] = list(crop_sets)
     for src, row in eval_classifiers(clf, crop_sets, det).items():
         r["classifier"][src].update(row)
     sets = detector_test_sets()
