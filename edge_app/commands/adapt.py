@@ -143,7 +143,7 @@ def fit_and_write(args, cellset, held_set=None) -> int:
         if held_set is not None:
             hold = np.arange(len(y)) >= len(y) - len(hy)
         else:
-            hold = held_back_split(y, int(cellset.inputs_sha256[:8], 16))
+            hold = held_back_split(y, cellset.content_seed())
         if not hold.any() or hold.all():
             print("wbc-counter adapt: error: too few verified cells to check a profile: it needs at least two "
                   "cells of one class (one is held back to test it)", file=sys.stderr)

@@ -51,6 +51,13 @@ class CellSet:
     inputs_sha256: str
     source: str
 
+    def content_seed(self) -> int:
+        """A seed from the cells' pixels, labels and order (not their paths): the same CSV with its images
+        copied anywhere is split into fit and held-back cells the same way."""
+        keys = sorted(hashlib.sha256(np.ascontiguousarray(c.image_rgb).tobytes()
+                                     + str(c.label).encode()).hexdigest() for c in self.cells)
+        return int(hashlib.sha256("".join(keys).encode()).hexdigest()[:8], 16)
+
     def counts(self) -> dict[str, int]:
         out = {c: 0 for c in CLASSES}
         for cell in self.cells:
