@@ -302,20 +302,20 @@ class LiveRun:
                                       fps=fps, finalised_at=utcnow())
             # What the session was counted with (its stored calibration: a resumed session keeps its own).
             payload["device_calibration"] = stored_calibration(self.store, self.info.session_id)
-            state, why = self._result_state(reason)
-            payload.update(complete=state == "final", state=state, reason=why)
+            result_state, why = self._result_state(reason)  # not ``state``: that is the frame the screen shows
+            payload.update(complete=result_state == "final", state=result_state, reason=why)
             destinations = () if self.blocked else ("fhir",)
             if self.blocked:  # kept with the result, so no later send (lis, sync) can deliver it either
                 payload["not_reported"] = self.blocked
             try:
                 self.store.finalise_session(self.info.session_id, payload, destinations=destinations,
-                                            frames=p.frames, state=state, reason=why)
+                                            frames=p.frames, state=result_state, reason=why)
             except StoreError as exc:  # no longer open (another counter), or already has a result
                 logger.error("session %s not finalised: %s", self.info.session_id, exc)
                 payload, error, reason = None, str(exc), "error"
             else:
                 logger.info("session %s finalised: %d cells (%s)%s", self.info.session_id, p.tally.total, reason,
-                            "" if state == "final" else f"; {state.upper()}: {why}")
+                            "" if result_state == "final" else f"; {result_state.upper()}: {why}")
         if payload is None and reason == "error" and not p.tally.cells and not self.info.resumed:
             # The source never delivered (unreadable video, camera gone): nothing to keep open.
             self.store.abort_session(self.info.session_id)
