@@ -15,6 +15,8 @@ python -m pip install -q -c requirements/constraints.txt -e .
 data=${WBC_DATA_DIR:-$PWD/.demo-data}
 summary="$data/sample_summary.json"
 mkdir -p "$data"
-wbc-counter run --source samples/slide_pan_train.mp4 --backend tflite --headless --target 200 \
+# INT8, the precision the Jetson counts in, pinned so the demo's count is the same on every CPU
+# (the counter's own default, --precision auto, picks whichever is faster on this CPU).
+wbc-counter run --source samples/slide_pan_train.mp4 --backend tflite --precision int8 --headless --target 200 \
   --sample-id DEMO-SAMPLE --data-dir "$data" --summary-json "$summary"
 python -m scripts.eval_pan --summary "$summary" --truth samples/slide_pan_train.json

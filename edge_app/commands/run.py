@@ -76,8 +76,7 @@ def write_summary(path: str, payload: dict) -> None:
 
 def main(args) -> int:
     overrides = {"inference.backend": args.backend, "inference.precision": args.precision,
-                 "model.dir": args.model_dir, "model.site": args.site,
-                 "tally.target": args.target,
+                 "model.dir": args.model_dir, "model.site": args.site, "tally.target": args.target,
                  "tally.wbc_count": args.wbc_count}  # validated like the config key (> 0)
     if args.headless:
         overrides["display.output"] = "headless"
