@@ -60,6 +60,7 @@ def test_bench_rejects_bad_frames_and_source(tmp_path):
 
 @requires_model
 @requires_sample
+@pytest.mark.slow
 def test_bench_cli_prints_json_last_line(tmp_path):
     assert_model_runs()
     r = subprocess.run([sys.executable, "-m", "edge_app", "bench", "--source", str(SAMPLE_VIDEO), "--backend",

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 from edge_app.config import load_config  # noqa: E402
 from edge_app.imaging import preprocess  # noqa: E402

@@ -20,12 +20,14 @@ import pytest
 from edge_app.imaging import framing, preprocess
 from edge_app.model.bundle import ModelBundle
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:4]
 
 
 def classify(*args: str, tmp_path: Path) -> list[dict]:
-    r = subprocess.run([sys.executable, "-m", "edge_app", "classify", "--json", *args, "--data-dir", str(tmp_path)],
+    # INT8 like the in-process bundle below: the default (auto) picks whichever precision this CPU runs faster.
+    r = subprocess.run([sys.executable, "-m", "edge_app", "classify", "--json", "--precision", "int8", *args,
+                        "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]

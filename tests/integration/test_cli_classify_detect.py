@@ -16,7 +16,7 @@ import pytest
 
 from edge_app.labels import CLASSES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CROPS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:3]
 FRAMES = sorted((ROOT / "calibration" / "frames").glob("bccd_*.jpg"))[:2]
 

@@ -118,6 +118,7 @@ def test_resend_after_lost_confirmation_creates_nothing_new(tmp_path, fhir_serve
     _assert_each_once(fhir_server, rids)
 
 
+@pytest.mark.slow
 def test_server_killed_mid_sync_then_restarted(tmp_path, fhir_server, capsys):
     """SIGKILL the server while a sync waits on it; restart; sync again."""
     store = Store(tmp_path / "data")
@@ -143,6 +144,7 @@ def test_server_killed_mid_sync_then_restarted(tmp_path, fhir_server, capsys):
     _assert_each_once(fhir_server, rids)
 
 
+@pytest.mark.slow
 def test_sync_process_killed_mid_send_loses_nothing(tmp_path, fhir_server, capsys):
     """SIGKILL the *worker* while its request is in flight; the entry survives, claimed."""
     store = Store(tmp_path / "data")
@@ -186,6 +188,7 @@ def test_unreachable_server_keeps_results_queued(tmp_path, capsys):
     assert [r["attempts"] for r in outbox_rows(store)][0] == 1
 
 
+@pytest.mark.slow
 def test_5xx_and_429_are_retried_until_delivered(tmp_path, fhir_server, capsys):
     store = Store(tmp_path / "data")
     _, rid = finalised_session(store)
@@ -199,6 +202,7 @@ def test_5xx_and_429_are_retried_until_delivered(tmp_path, fhir_server, capsys):
     _assert_each_once(fhir_server, [rid])
 
 
+@pytest.mark.slow
 def test_operation_outcome_4xx_marks_failed_until_requeued(tmp_path, fhir_server, capsys):
     store = Store(tmp_path / "data")
     _, rid = finalised_session(store)

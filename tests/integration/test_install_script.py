@@ -15,7 +15,7 @@ import pytest
 
 from tests import trt_fakes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "install_jetson.sh"
 STEPS = ["platform", "user wbc", "data dir /var/lib/wbc-counter", "python environment", "python packages",
          "tensorrt + pycuda", "application /opt/wbc-counter", "model", "config /etc/wbc-counter", "systemd units",
@@ -78,6 +78,7 @@ def test_dry_run_lists_every_step_and_changes_nothing(staging):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="useradd/chown into a staging root need root (CI runs as root)")
+@pytest.mark.slow
 def test_install_is_idempotent(staging):
     root, release = staging
     args = ["--root", root, "--venv", sys.prefix, "--models", release, "--camera", "v4l2:///dev/video2"]

@@ -128,6 +128,7 @@ def real_sample_run(tmp_path_factory):
 
 @requires_model
 @requires_sample
+@pytest.mark.slow
 def test_real_model_counts_the_sample_within_5_percent(real_sample_run):
     """Acceptance: unique leukocyte count (five-part total) within 5% of the truth."""
     assert real_sample_run["count_ok"], real_sample_run
@@ -135,6 +136,7 @@ def test_real_model_counts_the_sample_within_5_percent(real_sample_run):
 
 @requires_model
 @requires_sample
+@pytest.mark.slow
 def test_real_model_percentages_inside_the_95_ci(real_sample_run):
     """Acceptance: every true five-part percentage inside the run's 95% Wilson CI."""
     assert real_sample_run["percent_ok"], real_sample_run

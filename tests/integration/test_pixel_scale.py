@@ -20,7 +20,7 @@ from edge_app.imaging.scale import ScaleReference, detector_scale, is_unit, meas
 from edge_app.model.bundle import Detector, Manifest, create_backend
 from scripts.training.eval_metrics import iou_matrix
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FRAMES = ROOT / "calibration" / "frames"
 BCCD = [preprocess.read_rgb(str(p)) for p in sorted(FRAMES.glob("bccd_*.jpg"))[:6]]
 CHULA = [preprocess.read_rgb(str(p)) for p in sorted(FRAMES.glob("chula_*.jpg"))[:6]]

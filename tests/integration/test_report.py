@@ -36,6 +36,7 @@ def session(tmp_path_factory):
     return data, res
 
 
+@pytest.mark.slow
 def test_report_prints_result_and_writes_png_and_html(tmp_path, session):
     data, res = session
     r = cli("report", res.session_id[:10], "--out", str(tmp_path), "--data-dir", str(data))

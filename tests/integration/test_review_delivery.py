@@ -51,6 +51,7 @@ def _report(server, rid):
     return found[0]
 
 
+@pytest.mark.slow
 def test_amendment_survives_a_lost_confirmation_and_is_applied_once(tmp_path, fhir_server, capsys):
     store = Store(tmp_path / "data")
     sid, rid = finalised_session(store, counts=COUNTS, signed_by=None)
@@ -90,6 +91,7 @@ def test_amendment_survives_a_lost_confirmation_and_is_applied_once(tmp_path, fh
     assert len(fhir_server.search("DiagnosticReport")) == 1
 
 
+@pytest.mark.slow
 def test_hl7_amendment_is_a_correction_with_its_own_control_id(tmp_path, mllp_peer, capsys):
     store = Store(tmp_path / "data")
     sid, rid = finalised_session(store, counts=COUNTS, signed_by=None)

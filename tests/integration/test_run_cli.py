@@ -39,6 +39,7 @@ def check_summary(s: dict) -> None:
     assert "sample_id" not in s and "operator" not in s  # no identifiers in a scripting artefact
 
 
+@pytest.mark.slow
 def test_summary_json_from_a_real_loop(tmp_path):
     pan = build_synthetic_pan(tmp_path)
     cfg = load_config(None)
@@ -67,6 +68,7 @@ def test_a_bad_wbc_count_is_refused_like_the_config_key(tmp_path):
 
 
 @requires_model
+@pytest.mark.slow
 def test_wait_for_camera_keeps_the_kiosk_up_until_stopped(tmp_path):
     import signal
     import time
@@ -98,6 +100,7 @@ def test_summary_folder_must_exist(tmp_path):
 
 @requires_model
 @requires_sample
+@pytest.mark.slow
 def test_run_contract_end_to_end(tmp_path):
     assert_model_runs()
     out = tmp_path / "summary.json"

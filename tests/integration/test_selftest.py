@@ -26,8 +26,8 @@ from edge_app.model.bundle import Manifest  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests import trt_fakes
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = Path("/work/shared/datasets")
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def _images():
@@ -254,6 +254,7 @@ def _real_model_ready() -> bool:
 
 
 @pytest.mark.skipif(not _real_model_ready(), reason="trained model + reference outputs not in models/ yet")
+@pytest.mark.slow
 def test_real_model_passes_on_tflite_int8(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edge_app", "selftest", "--backend", "tflite", "--no-camera",
                            "--data-dir", str(tmp_path), "--json"], cwd=REPO, capture_output=True, text=True,
@@ -282,6 +283,7 @@ def test_a_selftest_that_dies_leaves_the_counter_blocked(tmp_path):
 
 @pytest.mark.skipif(not _real_model_ready(), reason="trained model + reference outputs not in models/ yet")
 @pytest.mark.parametrize("version", ["8.6.2", "10.3.0"])
+@pytest.mark.slow
 def test_real_model_through_the_tensorrt_path(monkeypatch, tmp_path, version):
     """The shipped ONNX, manifest and calibration set through engine build, calibration and the self-test.
 

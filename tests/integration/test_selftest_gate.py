@@ -18,7 +18,7 @@ import pytest
 from edge_app import selftest
 from edge_app.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "slide_pan_train.mp4"
 pytestmark = pytest.mark.skipif(not (ROOT / "models" / "manifest.json").is_file() or not SAMPLE.is_file(),
                                 reason="needs the shipped model and sample")
@@ -39,6 +39,7 @@ def _outbox_and_results(data_dir: Path) -> tuple[int, int]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_failed_selftest_blocks_reporting(tmp_path):
     with Store(tmp_path) as store:
         selftest.record_started(store)  # a self-test that never finished counts as failed
@@ -57,6 +58,7 @@ def test_failed_selftest_blocks_reporting(tmp_path):
     assert _outbox_and_results(tmp_path) == (0, 1)
 
 
+@pytest.mark.slow
 def test_no_selftest_on_record_reports_as_usual(tmp_path):
     r = _run(tmp_path)
     assert r.returncode == 0, r.stderr

@@ -72,6 +72,7 @@ def check_nothing_lost(data_dir: Path, shown: list[int]) -> str:
     return sid
 
 
+@pytest.mark.slow
 def test_sigkill_mid_session_loses_no_counted_cell(tmp_path, synthetic_pan):
     data = tmp_path / "data"
     uri = f"replay://{synthetic_pan['video']}?fps=30"

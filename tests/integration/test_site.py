@@ -23,7 +23,7 @@ from edge_app.labels import CLASSES
 from edge_app.model.bundle import Manifest
 from edge_app.site import head as site_head
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "calibration"
 VIDEO = ROOT / "samples" / "slide_pan_train.mp4"
 OTHER = {"ig", "erythroblast", "platelet"}

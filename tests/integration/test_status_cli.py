@@ -13,7 +13,7 @@ from edge_app.backends import engine_cache  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests import trt_fakes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEYS = {"backend", "model_version", "engine", "camera", "selftest", "last_sync", "outbox", "outbox_depth",
         "disk_free_mb", "data_dir", "problems"}
 

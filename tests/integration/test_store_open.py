@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 from edge_app.store import Store, StoreError  # noqa: E402
 from edge_app.store.db import DB_NAME, _migrations  # noqa: E402
@@ -41,6 +41,7 @@ def _open(data_dir: str, start, out) -> None:
         out.put((type(exc).__name__, str(exc)))
 
 
+@pytest.mark.slow
 def test_processes_opening_a_fresh_database_together_all_succeed(tmp_path):
     ctx = multiprocessing.get_context("fork")
     latest = max(n for n, _, _ in _migrations())

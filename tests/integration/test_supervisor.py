@@ -50,6 +50,7 @@ def synthetic_pan(tmp_path_factory):
     return build_synthetic_pan(tmp_path_factory.mktemp("pan"))
 
 
+@pytest.mark.slow
 def test_sigkill_restart_resumes_the_session_with_nothing_lost(tmp_path, synthetic_pan):
     data = tmp_path / "data"
     uri = f"replay://{synthetic_pan['video']}?fps=30"
@@ -88,6 +89,7 @@ def _frames_folder(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_hung_loop_stops_pinging_and_is_restarted(tmp_path):
     data, hang = tmp_path / "data", tmp_path / "hang"
     uri = f"replay://{_frames_folder(tmp_path / 'frames')}?fps=15&loop=1"
@@ -113,6 +115,7 @@ def test_hung_loop_stops_pinging_and_is_restarted(tmp_path):
 
 @requires_model
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="samples/slide_pan_train.mp4 missing")
+@pytest.mark.slow
 def test_wbc_counter_run_resumes_after_sigkill(tmp_path):
     data = tmp_path / "data"
     # FP32 TFLite: this test is about restart and resume; INT8 agreement is the self-test's job.

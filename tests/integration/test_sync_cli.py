@@ -103,6 +103,7 @@ def test_a_second_sync_while_one_runs_does_nothing(tmp_path, capsys):
     assert outbox_rows(store)[0]["attempts"] == 0
 
 
+@pytest.mark.slow
 def test_loop_delivers_new_results_and_stops_on_sigterm(tmp_path, fhir_server):
     store = Store(tmp_path / "data")
     finalised_session(store, sample_id="S-1")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT_DIR = Path(__file__).resolve().parents[1] / "systemd"
+UNIT_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNITS = ["wbc-counter.service", "wbc-engine.service", "wbc-sync.service", "wbc-sync.timer"]
 WRAPPER = "/opt/wbc-counter/bin/wbc-counter"
 DATA_DIR = "/var/lib/wbc-counter"

@@ -12,7 +12,7 @@ import pytest
 from scripts.training import box_fit
 from scripts.training.box_fit import side_ratios
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula"
 MODELS = str(ROOT / "models")
 

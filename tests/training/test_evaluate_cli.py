@@ -9,7 +9,7 @@ import pytest
 
 evaluate = pytest.importorskip("scripts.training.evaluate")
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_carry_studies_keeps_rows_and_their_command():

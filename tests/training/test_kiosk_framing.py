@@ -14,7 +14,7 @@ import pytest
 from edge_app.imaging import framing, preprocess
 from scripts.training import augment, kiosk_framing
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PBC_PHOTOS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:12]
 
 

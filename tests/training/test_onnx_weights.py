@@ -20,7 +20,7 @@ wbcnet = pytest.importorskip("scripts.training.wbcnet")
 onnx_weights = pytest.importorskip("scripts.training.onnx_weights")
 export = pytest.importorskip("scripts.training.export")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 
 

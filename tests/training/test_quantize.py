@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("ai_edge_quantizer")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
@@ -41,6 +41,7 @@ def _tensors(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("net", ["classifier", "detector"])
+@pytest.mark.slow
 def test_requantising_the_shipped_fp32_model_gives_the_shipped_int8_model(tmp_path, net):
     digest = quantize.requantize(MODELS, tmp_path / "m", net, "minmax")
     entry = json.loads((MODELS / "manifest.json").read_text())["models"][net]

@@ -64,6 +64,7 @@ def test_every_copy_takes_its_group_split_and_bccd_keeps_its_own():
     assert split_of("txl_pbc", "train/280204a0-b130-5cf4-ab2f-6c23f34bc6c1.jpg") == "test"
 
 
+@pytest.mark.slow
 def test_the_committed_groups_are_what_dedup_finds_in_the_data():
     # Re-reads every BCCD and TXL-PBC frame and every PBC and Raabin photo (about
     # 20 s): a change to the data or to the rules without `python -m scripts.training.dedup`

@@ -20,7 +20,7 @@ from edge_app.model.bundle import ModelBundle, scale_boxes
 from scripts.training.eval_metrics import iou_matrix
 from tests.detect_cli import detect_boxes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula"
 needs_chula = pytest.mark.skipif(not (CHULA / "boxes.csv").is_file(), reason="shared Chula dataset missing")
 

@@ -19,7 +19,7 @@ from edge_app.model.bundle import ModelBundle, scale_boxes
 from scripts.training import box_fit
 from tests.detect_cli import detect_boxes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FRAME = next(iter(sorted((ROOT / "calibration" / "frames").glob("chula_*.jpg"))), None)
 
 

@@ -15,8 +15,9 @@ from tests import trt_fakes
 
 CROP_SHAPE = (1, *preprocess.CLASSIFIER_SIZE[::-1], 3)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_PBC = Path("/work/shared/datasets/pbc")
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+SHARED_PBC = SHARED / "pbc"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def calib_dir(tmp_path_factory):
         pytest.skip("neither calibration/ nor the shared PBC crops are here")
     root = tmp_path_factory.mktemp("calib")
     crops = sorted((SHARED_PBC / "lymphocyte").glob("*.jpg"))[:10]
-    frames = sorted(Path("/work/shared/datasets/bccd/images").glob("*.jpg"))[:10]
+    frames = sorted((SHARED / "bccd" / "images").glob("*.jpg"))[:10]
     trt_fakes.write_tiny_bundle(root, crops, frames)
     return root / "calibration"
 

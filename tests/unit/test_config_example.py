@@ -9,7 +9,7 @@ import pytest
 
 from edge_app.config import Config, ConfigError, load_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 
 def test_example_loads_strictly_and_equals_the_defaults():

@@ -19,7 +19,7 @@ from edge_app.config import ConfigError, load_config
 from edge_app.imaging import preprocess
 from edge_app.model.bundle import Detector, Manifest, ModelBundle, create_backend, decode_detections
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FRAMES = sorted((ROOT / "calibration" / "frames").glob("*.jpg"))
 STRIDE = 16
 

@@ -23,7 +23,7 @@ from edge_app.backends import engine_cache
 from edge_app.commands.run import EXIT_NOT_FINAL
 from tests import trt_fakes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CALIB = json.loads((REPO / "calibration" / "manifest.json").read_text())
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from edge_app.imaging import preprocess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FRAME = sorted((ROOT / "calibration" / "frames").glob("bccd_*.jpg"))[0]
 
 

@@ -28,7 +28,7 @@ from edge_app.imaging import preprocess
 from edge_app.model.bundle import Manifest
 from scripts.training import qdq
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 FP32_TOL = 1e-3
 INT8_PROB_TOL = 0.15
 INT8_MARGIN = 0.1

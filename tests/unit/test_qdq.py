@@ -22,7 +22,7 @@ from edge_app.model.bundle import Manifest  # noqa: E402
 from scripts.training import qdq  # noqa: E402
 from scripts.training.quantize import calibration_inputs  # noqa: E402
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:

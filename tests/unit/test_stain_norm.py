@@ -8,7 +8,7 @@ import numpy as np
 
 from edge_app.imaging import preprocess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CROPS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[::30]
 WHITE = preprocess.BACKGROUND_LEVEL + 1.0
 

@@ -7,7 +7,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 from edge_app.capture import open_source  # noqa: E402
 from edge_app.config import load_config  # noqa: E402
@@ -46,6 +48,7 @@ def test_a_database_from_release_0001_migrates_and_keeps_its_rows(tmp_path):
         assert row["calibration"] is None  # counted before the column existed: unknown, not invented
 
 
+@pytest.mark.slow
 def test_a_run_records_the_box_scale_and_flat_field_it_counted_with(tmp_path):
     pan = build_synthetic_pan(tmp_path)
     bundle = FakeBundle()
@@ -55,4 +58,6 @@ def test_a_run_records_the_box_scale_and_flat_field_it_counted_with(tmp_path):
                   store=Store(tmp_path / "d"), target=1000).run()
     with Store(tmp_path / "d") as s:
         cal = json.loads(s.session(res.session_id)["calibration"])
-    assert cal == {"box_scale": 0.9, "box_refine": True, "flat_field": None, "flat_field_sha256": None}
+    # the calibration keys this test was written for, with their values (later keys may sit beside them)
+    want = {"box_scale": 0.9, "box_refine": True, "flat_field": None, "flat_field_sha256": None}
+    assert {k: cal.get(k, "missing") for k in want} == want

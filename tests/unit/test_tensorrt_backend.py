@@ -22,9 +22,7 @@ from edge_app.backends import tensorrt as trt_backend  # noqa: E402
 from edge_app.model.bundle import Manifest, ModelBundle, create_backend  # noqa: E402
 from tests import trt_fakes
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-if not DATASETS.is_dir():
-    DATASETS = Path("/work/shared/datasets")
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def _pbc_crops(n=8):
@@ -271,7 +269,7 @@ def test_shipped_classifier_embedding_outputs_bound_by_name(monkeypatch, tmp_pat
     manifest = Manifest.load()
     names = [o["name"] for o in manifest.entry("classifier")["outputs"]]
     assert names[2:] == ["embedding_0", "embedding_1"]
-    crop = preprocess.read_rgb(str(Path(__file__).resolve().parent.parent / "calibration" / "crops"
+    crop = preprocess.read_rgb(str(Path(__file__).resolve().parents[2] / "calibration" / "crops"
                                    / "pbc_BA_901979.jpg"))
     x = preprocess.model_input("classifier", crop)
     with trt_backend.TensorRTBackend.from_manifest(manifest, "classifier", "fp16", tmp_path / "engines") as be:

@@ -16,7 +16,7 @@ from edge_app.config import ConfigError, load_config
 from edge_app.imaging import preprocess
 from edge_app.model.bundle import Classifier, Manifest, ModelBundle, create_backend
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CROPS = sorted((ROOT / "calibration" / "crops").glob("pbc_*.jpg"))[:4]
 
 

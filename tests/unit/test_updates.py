@@ -17,7 +17,7 @@ from edge_app.config import load_config  # noqa: E402
 from edge_app.store import Store  # noqa: E402
 from tests import trt_fakes
 
-DATASETS = Path("/work/shared/datasets")
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def _release(root: Path, version: str, seed: int) -> Path:

@@ -112,6 +112,7 @@ def grab(display: str) -> np.ndarray:
     return cv2.cvtColor(np.array(ImageGrab.grab(xdisplay=display)), cv2.COLOR_RGB2BGR)
 
 
+@pytest.mark.slow
 def test_live_window_under_xvfb_matches_expectations(tmp_path, xvfb):
     pan = build_synthetic_pan(tmp_path)
     cfg = load_config(None)
@@ -160,6 +161,7 @@ def test_live_window_under_xvfb_matches_expectations(tmp_path, xvfb):
     sink.close()
 
 
+@pytest.mark.slow
 def test_keys_in_the_window_correct_the_tally(tmp_path, xvfb):
     pan = build_synthetic_pan(tmp_path)
     cfg = load_config(None)
