@@ -151,12 +151,22 @@ class AnalysedFrame:
         return self.frame.decode_ms
 
 
+def load_flat_field(path: str | None) -> preprocess.FlatField | None:
+    """The device's blank-field correction named by ``[capture] flat_field``, or None."""
+    if not path:
+        return None
+    try:
+        return preprocess.FlatField.load(path)
+    except ValueError as exc:
+        raise ConfigError(f"capture.flat_field: {exc}") from None
+
+
 class Pipeline:
     """Per-frame processing of one session. One loop drives ``step``; ``analyse`` may run on the capture
     thread (frames in order), which then alone touches the quality gate and the stage motion."""
 
     def __init__(self, bundle, writer, tally: Tally, session_id: str, cfg, operator: str | None = None,
-                 frames_done: int = 0):
+                 frames_done: int = 0, flat: preprocess.FlatField | None = None):
         self.bundle = bundle
         self.writer = writer
         self.tally = tally
@@ -183,13 +193,10 @@ class Pipeline:
         # The camera's pixel scale, measured from this session's first counted frames when the
         # config or profile does not fix it ([capture] pixel_scale = "auto").
         self.scale_meter = ScaleMeter(bundle.scale_reference) if getattr(bundle, "auto_scale", False) else None
-        # Per-device blank-field correction, if this kiosk has been calibrated.
-        self.flat = None
-        if cfg.capture.flat_field:
-            try:
-                self.flat = preprocess.FlatField.load(cfg.capture.flat_field)
-            except ValueError as exc:
-                raise ConfigError(f"capture.flat_field: {exc}") from None
+        # Per-device blank-field correction, if this kiosk has been calibrated (loaded by the caller:
+        # ``load_flat_field``, so building a pipeline reads no file).
+        self.flat = flat
+        self.reclassify_pending = False  # 'r' pressed: the next class key relabels the selected cell
 
     # -- the hot path -------------------------------------------------------
     def analyse(self, frame) -> AnalysedFrame:
@@ -413,7 +420,7 @@ class Pipeline:
         ids = [r.cell_id for r in strip]
         self.selected = ids[(ids.index(self.selected) + 1) % len(ids)] if self.selected in ids else ids[0]
 
-    def handle_key(self, key: str, state: dict) -> bool:
+    def handle_key(self, key: str) -> bool:
         """Manual-counter keys; returns False when the technician wants to finish.
 
         1-5 add a neutrophil/lymphocyte/monocyte/eosinophil/basophil by hand, 6 an
@@ -424,15 +431,15 @@ class Pipeline:
         keys = {str(i + 1): c for i, c in enumerate(CLASSES)}
         if key in ("q", "\x1b"):
             return False
-        if state.get("reclassify"):
-            state["reclassify"] = False
+        if self.reclassify_pending:
+            self.reclassify_pending = False
             if key in keys:
                 self.reclassify(self.selected if self.selected is not None else self.last_cell_id, keys[key])
             return True
         if key in keys:
             self.add_manual(keys[key])
         elif key == "r":
-            state["reclassify"] = True
+            self.reclassify_pending = True
             target = self.selected if self.selected is not None else self.last_cell_id
             self._event(f"reclassify cell {target}: press 1-6" if target else "no cell to reclassify yet")
         elif key in ("\t", "n"):

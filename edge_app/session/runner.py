@@ -26,7 +26,7 @@ from edge_app.capture import CaptureState, CaptureThread
 from edge_app.counting.tally import Tally
 from edge_app.display import HudInfo, render_hud
 from edge_app.model.bundle import sha256_file
-from edge_app.session.pipeline import Pipeline
+from edge_app.session.pipeline import Pipeline, load_flat_field
 from edge_app.store import Store, StoreError, utcnow
 from edge_app.store.db import NO_CELL_REASON
 from edge_app.store.writer import StoreWriter
@@ -167,7 +167,8 @@ class LiveRun:
         if self.blocked:
             logger.error("results will not be reported: %s", self.blocked)
         self.pipeline = Pipeline(bundle, self.writer, self.info.tally, self.info.session_id, cfg,
-                                 operator=cfg.kiosk.operator, frames_done=self.info.frames_done)
+                                 operator=cfg.kiosk.operator, frames_done=self.info.frames_done,
+                                 flat=load_flat_field(cfg.capture.flat_field))
         if cfg.inference.overlap_analysis:  # flat field, quality and motion on the capture thread
             self.capture.prepare = self.pipeline.analyse
         self._stop = threading.Event()
@@ -189,7 +190,7 @@ class LiveRun:
     def headless(self) -> bool:
         return self.sink is None or getattr(self.sink, "name", "") == "headless"
 
-    def _show(self, state, fps: float, keys_state: dict, finished: str = "") -> None:
+    def _show(self, state, fps: float, finished: str = "") -> None:
         if self.headless and self.recorder is None:
             return  # nobody looks: do not spend the frame budget drawing
         site = getattr(self.bundle, "site", None)
@@ -199,7 +200,7 @@ class LiveRun:
                        capture_ok=not self.blocked and self.capture.state in (CaptureState.STREAMING,
                                                                                 CaptureState.ENDED),
                        events=self.pipeline.events, selected=self.pipeline.selected,
-                       reclassify_mode=keys_state.get("reclassify", False), finished=finished)
+                       reclassify_mode=self.pipeline.reclassify_pending, finished=finished)
         canvas = render_hud(state, self.pipeline, info)
         if self.sink is not None:
             self.sink.show(canvas)
@@ -211,7 +212,6 @@ class LiveRun:
         self.writer.start()
         self.capture.start()
         self.notifier.ready("counting")
-        keys_state: dict = {}
         reason = None
         state = None
         t_start = None
@@ -229,8 +229,8 @@ class LiveRun:
                         reason = "source-ended" if self.capture.state == CaptureState.ENDED else "error"
                         break
                     p.apply_commits()
-                    self._show(state, fps, keys_state)  # camera lost / starting: say so
-                    self._keys(keys_state)
+                    self._show(state, fps)  # camera lost / starting: say so
+                    self._keys()
                     continue
                 if t_start is None:
                     t_start = t_progress = time.perf_counter()
@@ -238,8 +238,8 @@ class LiveRun:
                 state = p.step(frame)
                 elapsed = time.perf_counter() - t_start
                 fps = p.frames_this_run / elapsed if elapsed > 0 else 0.0
-                self._show(state, fps, keys_state)
-                if not self._keys(keys_state):
+                self._show(state, fps)
+                if not self._keys():
                     reason = "quit"
                 if self.writer.error:
                     reason = "error"
@@ -260,9 +260,9 @@ class LiveRun:
             reason = "error"
         elapsed = (time.perf_counter() - t_start) if t_start else 0.0
         fps = p.frames_this_run / elapsed if elapsed > 0 else 0.0
-        return self._finish(reason, fps, state, keys_state)
+        return self._finish(reason, fps, state)
 
-    def _keys(self, keys_state: dict) -> bool:
+    def _keys(self) -> bool:
         if self.sink is None:
             return True
         if not self.sink.is_open:
@@ -271,7 +271,7 @@ class LiveRun:
             key = self.sink.poll_key()
             if key is None:
                 return True
-            if not self.pipeline.handle_key(key, keys_state):
+            if not self.pipeline.handle_key(key):
                 return False
 
     def _result_state(self, reason: str) -> tuple[str, str | None]:
@@ -287,7 +287,7 @@ class LiveRun:
             return "no-result", NO_CELL_REASON
         return "final", None
 
-    def _finish(self, reason: str, fps: float, state, keys_state) -> RunResult:
+    def _finish(self, reason: str, fps: float, state) -> RunResult:
         p = self.pipeline
         self.notifier.stopping()
         if reason in ("source-ended", "quit"):
@@ -323,8 +323,8 @@ class LiveRun:
             # A clear signal on screen: hold the final picture briefly.
             until = time.monotonic() + 2.0
             while time.monotonic() < until and self.sink.is_open and self.sink.poll_key() is None:
-                self._show(state, fps, keys_state, finished=f"TARGET REACHED: {p.tally.total} cells")
+                self._show(state, fps, finished=f"TARGET REACHED: {p.tally.total} cells")
                 time.sleep(0.05)
         elif self.recorder is not None and reason == "target":
-            self._show(state, fps, keys_state, finished=f"TARGET REACHED: {p.tally.total} cells")
+            self._show(state, fps, finished=f"TARGET REACHED: {p.tally.total} cells")
         return RunResult(self.info.session_id, reason, payload, p.frames, fps, p, error)
