@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ from edge_app.imaging.motion import StageMotion
 from edge_app.imaging.quality import FrameQuality, QualityGate, grey_small
 from edge_app.imaging.scale import ScaleMeter
 from edge_app.labels import CLASSES, FIVE_PART, OTHER
+from edge_app.session.corrections import Corrections, ReviewItem
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,6 @@ class StageTimes:
 
 
 @dataclass
-class ReviewItem:
-    cell_id: int
-    label: str
-    confidence: float
-    flagged: bool
-    crop: np.ndarray | None = field(default=None, repr=False)
-    attention: np.ndarray | None = field(default=None, repr=False)
-
-
-@dataclass
 class FrameState:
     """What the display needs about the frame just processed."""
 
@@ -184,10 +175,7 @@ class Pipeline:
         self.frames_this_run = 0
         self.pending_five = 0  # five-part cells queued but not yet committed
         self.pending_total = 0
-        self.review: list[ReviewItem] = []
-        self.last_cell_id: int | None = None
-        self.events: list[str] = []
-        self.selected: int | None = None  # cell id the technician is correcting
+        self.corrections = Corrections(writer, tally, session_id, operator)  # keys, strip, hand corrections
         self.stop_counting = False
         self.paused_frames = 0  # frames not counted on (focus, exposure)
         # The camera's pixel scale, measured from this session's first counted frames when the
@@ -196,7 +184,6 @@ class Pipeline:
         # Per-device blank-field correction, if this kiosk has been calibrated (loaded by the caller:
         # ``load_flat_field``, so building a pipeline reads no file).
         self.flat = flat
-        self.reclassify_pending = False  # 'r' pressed: the next class key relabels the selected cell
 
     # -- the hot path -------------------------------------------------------
     def analyse(self, frame) -> AnalysedFrame:
@@ -339,114 +326,33 @@ class Pipeline:
                 if d.args["label"] != OTHER:
                     self.pending_five -= 1
                 self.tally.add(d.value, d.args["label"], d.args["confidence"], d.args["flagged"])
-                self.last_cell_id = d.value
-                self._remember(ReviewItem(d.value, d.args["label"], d.args["confidence"], d.args["flagged"],
-                                          track.best_crop, track.best_attention))
+                self.corrections.remember(ReviewItem(d.value, d.args["label"], d.args["confidence"],
+                                                     d.args["flagged"], track.best_crop, track.best_attention))
                 # Stored and handed to the review strip: the track (remembered for back-tracking
                 # for max_age_frames) need not hold its picture any longer.
                 track.best_crop = track.best_attention = None
                 logger.debug("counted cell %d (%s), five-part total %d", d.value, d.args["label"], self.tally.total)
-            elif d.kind == "manual":
-                self.tally.add(d.value, d.args["label"], None, False, "manual")
-                self.tally.corrections += 1
-                self.last_cell_id = d.value
-                self._event(f"added {d.args['label']} by hand (cell {d.value})")
-            elif d.kind == "reclassify":
-                self.tally.relabel(d.value, d.args["to_label"])
-                self.tally.corrections += 1
-                for item in self.review:
-                    if item.cell_id == d.value:
-                        item.label, item.flagged = d.args["to_label"], False
-                self._event(f"cell {d.value} -> {d.args['to_label']}")
-            elif d.kind == "undo":
-                self._undo_applied(d.value)
+            elif d.kind in ("manual", "reclassify", "undo"):
+                self.corrections.applied(d)
             elif d.kind == "error":
                 self.stop_counting = True
-                self._event("DATABASE WRITE FAILED: counting stopped")
+                self.corrections.event("DATABASE WRITE FAILED: counting stopped")
         return done
 
-    def _undo_applied(self, row: dict | None) -> None:
-        if row is None:
-            self._event("nothing to undo")
-            return
-        self.tally.corrections += 1
-        if row["action"] == "reclassify":
-            self.tally.relabel(row["cell_id"], row["from_label"])
-            for item in self.review:
-                if item.cell_id == row["cell_id"]:
-                    item.label = row["from_label"]
-            self._event(f"undo: cell {row['cell_id']} back to {row['from_label']}")
-        elif row["action"] == "add":
-            self.tally.remove(row["cell_id"])
-            self._event(f"undo: removed hand-added cell {row['cell_id']}")
-
-    def _remember(self, item: ReviewItem, keep: int = 40) -> None:
-        # The review strip shows flagged cells and the least confident ones;
-        # keep crops only for those (and the latest) to bound memory.
-        self.review.append(item)
-        if len(self.review) > keep:
-            latest = self.review[-1]
-            ranked = sorted(self.review[:-1], key=lambda r: (not r.flagged, r.confidence or 1.0))[:keep - 1]
-            self.review = ranked + [latest]
-
-    def _event(self, text: str) -> None:
-        logger.info("%s", text)
-        self.events = (self.events + [text])[-4:]
-
-    # -- corrections (keys) -----------------------------------------------------
+    # -- the technician's side (session.corrections), as the runner and the screen reach it ---------
     def review_strip(self, n: int) -> list[ReviewItem]:
-        items = [r for r in self.review if r.cell_id in self.tally.cells]
-        return sorted(items, key=lambda r: (not r.flagged, r.confidence if r.confidence is not None else 1.0))[:n]
-
-    def add_manual(self, label: str) -> None:
-        self.writer.submit("manual", session_id=self.session_id, label=label, operator=self.operator,
-                           frame_index=self.frames)
-
-    def reclassify(self, cell_id: int | None, label: str) -> None:
-        if cell_id is None or cell_id not in self.tally.cells:
-            self._event("no cell selected to reclassify")
-            return
-        self.writer.submit("reclassify", session_id=self.session_id, cell_id=cell_id, to_label=label,
-                           operator=self.operator)
-
-    def undo(self) -> None:
-        self.writer.submit("undo", session_id=self.session_id, operator=self.operator)
-
-    def select_next_flagged(self, n: int = 6) -> None:
-        strip = self.review_strip(n)
-        if not strip:
-            self.selected = None
-            return
-        ids = [r.cell_id for r in strip]
-        self.selected = ids[(ids.index(self.selected) + 1) % len(ids)] if self.selected in ids else ids[0]
+        return self.corrections.review_strip(n)
 
     def handle_key(self, key: str) -> bool:
-        """Manual-counter keys; returns False when the technician wants to finish.
+        return self.corrections.handle_key(key, self.frames)
 
-        1-5 add a neutrophil/lymphocyte/monocyte/eosinophil/basophil by hand, 6 an
-        "other"; r then 1-6 reclassifies the selected cell (default: the last one
-        counted); Tab/n selects the next flagged cell; u undoes the last
-        correction; q or Esc finishes the session.
-        """
-        keys = {str(i + 1): c for i, c in enumerate(CLASSES)}
-        if key in ("q", "\x1b"):
-            return False
-        if self.reclassify_pending:
-            self.reclassify_pending = False
-            if key in keys:
-                self.reclassify(self.selected if self.selected is not None else self.last_cell_id, keys[key])
-            return True
-        if key in keys:
-            self.add_manual(keys[key])
-        elif key == "r":
-            self.reclassify_pending = True
-            target = self.selected if self.selected is not None else self.last_cell_id
-            self._event(f"reclassify cell {target}: press 1-6" if target else "no cell to reclassify yet")
-        elif key in ("\t", "n"):
-            self.select_next_flagged()
-        elif key == "u":
-            self.undo()
-        return True
+    @property
+    def review(self) -> list[ReviewItem]:
+        return self.corrections.review
+
+    @property
+    def last_cell_id(self) -> int | None:
+        return self.corrections.last_cell_id
 
     def status_text(self) -> str:
         d = self.tally.differential()

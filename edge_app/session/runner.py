@@ -199,8 +199,8 @@ class LiveRun:
                        capture_message=self.blocked or self.capture.message,
                        capture_ok=not self.blocked and self.capture.state in (CaptureState.STREAMING,
                                                                                 CaptureState.ENDED),
-                       events=self.pipeline.events, selected=self.pipeline.selected,
-                       reclassify_mode=self.pipeline.reclassify_pending, finished=finished)
+                       events=self.pipeline.corrections.events, selected=self.pipeline.corrections.selected,
+                       reclassify_mode=self.pipeline.corrections.reclassify_pending, finished=finished)
         canvas = render_hud(state, self.pipeline, info)
         if self.sink is not None:
             self.sink.show(canvas)

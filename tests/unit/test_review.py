@@ -4,6 +4,7 @@ verified cells, and what sync / lis / FHIR / HL7 / ASTM make of signed and unsig
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -148,6 +149,8 @@ def test_verified_cells_for_site_adaptation(tmp_path):
     store_review.set_label(store, sid, by["neutrophil"][0], "monocyte", "dr.a", "review")
     store_review.confirm(store, sid, by["lymphocyte"][:1], "dr.a", "review")
     mark = store_review.reviews(store, sid)[-1]["at"]
+    while utcnow() <= mark:  # times are kept to the millisecond: the next verdict must be later than the mark
+        time.sleep(0.001)
     store_review.set_label(store, other_sid, other_by["monocyte"][0], "x", "dr.c", "remote")
     got = store.verified_cells()
     assert [(v.cell_id, v.session_id, v.label, v.model_label, v.user, v.source) for v in got] == [
