@@ -4,7 +4,9 @@ One direction, no back-and-forth: the capture thread
 decodes, this loop does the per-frame work, the store writer thread commits,
 and a committed cell comes back to update the tally. ``Pipeline.step`` does one
 frame and is what ``run`` and ``bench`` both call, so the benchmark measures
-the product's own path.
+the product's own path. The technician's keys and the review strip belong to
+``session.corrections``; opening, resuming and finalising the session to
+``session.runner``.
 """
 
 from __future__ import annotations
