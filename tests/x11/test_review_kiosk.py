@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,25 +20,6 @@ from tests.sync_fixtures import finalised_session
 pytestmark = pytest.mark.x11
 
 
-@pytest.fixture(scope="module")
-def xvfb():
-    if not shutil.which("Xvfb"):
-        pytest.skip("Xvfb not installed (apt-get install -y xvfb)")
-    pytest.importorskip("tkinter")
-    for n in range(141, 190):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            break
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if Path(f"/tmp/.X11-unix/X{n}").exists():
-            break
-        time.sleep(0.05)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DISPLAY", f":{n}")
-        yield f":{n}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def _count(tmp_path):
