@@ -41,7 +41,7 @@ echo "== ruff"
 ruff check edge_app scripts tests setup.py
 echo "== pytest"
 set +e
-python -m pytest -q "$@"
+python -m pytest "$@"  # not -q: the header names the CPU and its SIMD features
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then
