@@ -64,8 +64,8 @@ class InferenceConfig(_Strict):
     # outputs first (measured once per CPU and model, cached in the data dir); on TensorRT int8.
     precision: Literal["auto", "int8", "fp32", "fp16"] = "auto"
     threads: int = Field(2, ge=1, le=64)
-    # Flat field, quality gate and stage motion of each frame run on the capture thread, beside its
-    # decoding, so they overlap the networks of the frame before (every frame still in order).
+    # Flat field, quality gate, stage motion and the detector's input of each frame are made on the capture
+    # thread, beside its decoding, so they overlap the networks of the frame before (every frame in order).
     overlap_analysis: bool = True
     # Where TensorRT engines and calibration caches are kept (None = <data-dir>/engines).
     engine_dir: Optional[str] = None

@@ -156,11 +156,18 @@ class NoisyDetector:
     def refine(self) -> bool:
         return self.inner.refine
 
-    def __call__(self, frame_rgb, background=None):
+    @property
+    def scale(self) -> float:
+        return self.inner.scale
+
+    def prepare(self, frame_rgb, background=None):
+        return self.inner.prepare(frame_rgb, background)
+
+    def __call__(self, frame_rgb, background=None, prepared=None):
         from edge_app.model.bundle import Detection
 
         out = []
-        for d in self.inner(frame_rgb, background):
+        for d in self.inner(frame_rgb, background, prepared=prepared):
             if self.rng.random() < self.miss:
                 continue
             out.append(Detection((d.box + self.rng.normal(0, self.jitter_px, 4)).astype(np.float32), d.score))

@@ -71,11 +71,31 @@ def estimate_background(image_rgb: np.ndarray, max_side: int = 64) -> np.ndarray
     """
     h, w = image_rgb.shape[:2]
     step = max(1, int(max(h, w) // max_side))
-    small = image_rgb[::step, ::step].reshape(-1, 3).astype(np.float32)
+    sub = image_rgb[::step, ::step]
+    if sub.dtype == np.uint8 and sub.ndim == 3 and sub.shape[2] == 3 and sub.shape[0] * sub.shape[1] * 255 < 1 << 24:
+        return _background_u8(np.ascontiguousarray(sub).reshape(-1, 3))
+    small = sub.reshape(-1, 3).astype(np.float32)
     grey = small.mean(axis=1)
     threshold = np.quantile(grey, BACKGROUND_QUANTILE)
     bright = small[grey >= threshold]
     bg = bright.mean(axis=0) if len(bright) else small.mean(axis=0)
+    return np.maximum(bg, 1.0).astype(np.float32)
+
+
+def _background_u8(small: np.ndarray) -> np.ndarray:
+    """``estimate_background``'s float32 arithmetic on (N, 3) uint8 pixels, with integer sums.
+
+    Bit-identical: a sum of 8-bit values below 2**24 is exact in float32 in any order, and the mean
+    is that sum divided once, as numpy's float32 mean does; it skips converting every pixel to float.
+    """
+    s = small[:, 0].astype(np.uint16)
+    s += small[:, 1]
+    s += small[:, 2]
+    grey = s.astype(np.float32) / np.float32(3)
+    bright = grey >= np.quantile(grey, BACKGROUND_QUANTILE)
+    n = int(np.count_nonzero(bright))
+    picked = small[bright] if n else small
+    bg = picked.sum(axis=0, dtype=np.int64).astype(np.float32) / np.float32(len(picked))
     return np.maximum(bg, 1.0).astype(np.float32)
 
 

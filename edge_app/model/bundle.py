@@ -178,6 +178,20 @@ class Classification:
         return {c: round(float(p), 4) for c, p in zip(CLASSES, self.probs)}
 
 
+@dataclass
+class DetectorInput:
+    """One frame made ready for the detector network (``Detector.prepare``): the input tensor(s) at the
+    scale they were made for, the background estimate the refinement shares, and how long it took."""
+
+    scale: float
+    inputs: list  # one (1, H, W, 3) tensor; one per window when tiled
+    background: np.ndarray | None
+    ms: float
+    letterbox: preprocess.Letterbox | None = None  # the plain path: how to map boxes back
+    windows: list | None = None  # the tiled path: the windows, and frame px -> network px
+    factor: float = 1.0
+
+
 class Detector:
     """Whole frame -> leukocyte boxes (CenterNet-style heatmap + ltrb distances).
 
@@ -248,21 +262,37 @@ class Detector:
         self.last_ms["network"] = network * 1000
         return heat, ltrb
 
-    def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
-                 threshold: float | None = None) -> list[Detection]:
-        """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own)."""
+    def prepare(self, frame_rgb: np.ndarray, background: np.ndarray | None = None) -> "DetectorInput":
+        """The frame made ready for the network at the detector's current scale: the live loop does this
+        on the capture thread, beside decoding, so the loop itself only runs the network and decodes.
+        Reads ``scale`` and ``refine`` only, so it may run on another thread than ``__call__``."""
         t0 = time.perf_counter()
+        scale = self.scale
         if self.refine and background is None:  # estimated once: the network input and the refinement share it
             background = preprocess.estimate_background(frame_rgb)
-        if not is_unit(self.scale):
-            return self._tiled(frame_rgb, background, threshold)
-        x, lb = preprocess.detector_input(frame_rgb, background)
+        if is_unit(scale):
+            x, lb = preprocess.detector_input(frame_rgb, background)
+            return DetectorInput(scale, [x], background, (time.perf_counter() - t0) * 1000, letterbox=lb)
+        bg = preprocess.estimate_background(frame_rgb) if background is None else background
+        eff = detector_scale(frame_rgb.shape) * scale  # frame px -> network px
+        inputs, windows = tiling.windows_input(frame_rgb, eff, bg)
+        return DetectorInput(scale, inputs, background, (time.perf_counter() - t0) * 1000, windows=windows,
+                             factor=eff)
+
+    def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
+                 threshold: float | None = None, prepared: "DetectorInput | None" = None) -> list[Detection]:
+        """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own). ``prepared``:
+        this frame's ``prepare`` (used unless the scale changed since; then prepared again)."""
+        if prepared is None or prepared.scale != self.scale:
+            prepared = self.prepare(frame_rgb, background)
+        self.last_ms["preprocess"] = prepared.ms
+        if prepared.windows is not None:
+            return self._tiled(frame_rgb, prepared, threshold)
         t1 = time.perf_counter()
-        heat, ltrb = self.raw(x)
+        heat, ltrb = self.raw(prepared.inputs[0])
         t2 = time.perf_counter()
-        self.last_ms["preprocess"] = (t1 - t0) * 1000
         try:
-            return self._decode(frame_rgb, heat, ltrb, lb, background, threshold)
+            return self._decode(frame_rgb, heat, ltrb, prepared.letterbox, prepared.background, threshold)
         finally:
             self.last_ms["decode"] = (time.perf_counter() - t2) * 1000 + (t2 - t1) * 1000 - self.last_ms["network"]
 
@@ -273,16 +303,12 @@ class Detector:
             return []
         return self._finish(frame_rgb, lb.to_frame(boxes), scores, background)
 
-    def _tiled(self, frame_rgb, background, threshold) -> list[Detection]:
+    def _tiled(self, frame_rgb, prepared: "DetectorInput", threshold) -> list[Detection]:
         """The frame resized by ``scale`` and run window by window; boxes merged, in frame pixels."""
-        t0 = time.perf_counter()
-        bg = preprocess.estimate_background(frame_rgb) if background is None else background
-        eff = detector_scale(frame_rgb.shape) * self.scale  # frame px -> network px
-        inputs, windows = tiling.windows_input(frame_rgb, eff, bg)
-        self.last_ms["preprocess"] = (time.perf_counter() - t0) * 1000
+        eff = prepared.factor
         thr = self.threshold if threshold is None else threshold
         all_boxes, all_scores, network, decode = [], [], 0.0, 0.0
-        for x, win in zip(inputs, windows):
+        for x, win in zip(prepared.inputs, prepared.windows):
             heat, ltrb = self.raw(x)
             network += self.last_ms["network"]
             t1 = time.perf_counter()
@@ -295,7 +321,7 @@ class Detector:
         t1 = time.perf_counter()
         boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
         keep = nms(boxes, scores, self.nms_iou)  # a cell inside two windows' overlap is found twice
-        out = self._finish(frame_rgb, boxes[keep], scores[keep], background) if keep else []
+        out = self._finish(frame_rgb, boxes[keep], scores[keep], prepared.background) if keep else []
         self.last_ms["decode"] = (decode + time.perf_counter() - t1) * 1000
         return out
 
@@ -372,41 +398,51 @@ class Classifier:
         return result if self.site is None else self.site.apply(result)
 
 
+# The 3x3 neighbourhood of a heatmap cell, row by row (its centre is entry 4): (9, 1) offsets.
+_NEIGH_DY = np.repeat(np.arange(-1, 2), 3)[:, None]
+_NEIGH_DX = np.tile(np.arange(-1, 2), 3)[:, None]
+
+
 def decode_detections(heat: np.ndarray, ltrb: np.ndarray, stride: int, threshold: float,
                       nms_iou: float, vote: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of the (H, W) heatmap above threshold -> boxes in network pixels.
 
-    With ``vote`` each peak's box is the heat-weighted mean of the boxes
-    regressed at the peak and its 8 neighbours: training regresses a box at
-    every cell near a cell's centre, so the neighbours are extra votes; without
-    it, the peak's own box.
+    A peak is a cell at least as high as its 8 neighbours. With ``vote`` each
+    peak's box is the heat-weighted mean of the boxes regressed at the peak and
+    its 8 neighbours: training regresses a box at every cell near a cell's
+    centre, so the neighbours are extra votes; without it, the peak's own box.
+    Only the cells above threshold and their neighbourhoods are looked at (a
+    frame has a few), so the cost does not grow with the map.
     """
     h, w = heat.shape
-    padded = np.pad(heat, 1, constant_values=-1.0)
-    # 3x3 local maximum without scipy: compare against the 8 neighbours.
-    neigh = np.max(np.stack([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)
-                             if not (dy == 1 and dx == 1)]), axis=0)
-    ys, xs = np.nonzero((heat >= neigh) & (heat >= threshold))
+    empty = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    ys, xs = np.nonzero(heat >= threshold)
     if not len(ys):
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    scores = heat[ys, xs]
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cx, cy = (gx + 0.5) * stride, (gy + 0.5) * stride
-    d = ltrb.astype(np.float32) * stride
-    cell_boxes = np.pad(np.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1),
-                        ((1, 1), (1, 1), (0, 0)))
+        return empty
+    py, px = ys[None, :] + _NEIGH_DY, xs[None, :] + _NEIGH_DX  # (9, P)
+    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    py, px = py.clip(0, h - 1), px.clip(0, w - 1)
+    hv = heat[py, px]
+    peak = (hv[4] >= np.where(inside, hv, -1.0)).all(axis=0)  # outside the grid counts as -1
+    if not peak.any():
+        return empty
+    py, px, hv, inside = py[:, peak], px[:, peak], hv[:, peak], inside[:, peak]
+    scores = hv[4]
+    if not vote:
+        py, px, inside = py[4:5], px[4:5], inside[4:5]
+    cx = (px.astype(np.float32) + 0.5) * stride
+    cy = (py.astype(np.float32) + 0.5) * stride
+    d = ltrb[py, px].astype(np.float32) * stride
+    cell = np.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1)
     if vote:
-        weights = np.pad(np.clip(heat, 0, None), 1)  # outside the grid: weight 0
-        acc = np.zeros((len(ys), 4), np.float32)
-        wsum = np.zeros((len(ys), 1), np.float32)
-        for dy in range(3):
-            for dx in range(3):
-                wt = weights[ys + dy, xs + dx][:, None]
-                acc += wt * cell_boxes[ys + dy, xs + dx]
-                wsum += wt
+        wt = np.where(inside, np.clip(hv, 0, None), 0).astype(heat.dtype)[..., None]  # outside: weight 0
+        prod = wt * np.where(inside[..., None], cell, np.float32(0))
+        # Summed in the neighbourhood's order (accumulate is sequential): float32 sums depend on it.
+        acc = np.add.accumulate(prod, axis=0)[-1]
+        wsum = np.add.accumulate(wt, axis=0)[-1]
         boxes = (acc / np.maximum(wsum, 1e-6)).astype(np.float32)
-    else:  # the peak cell's own box (+1: cell_boxes is padded)
-        boxes = cell_boxes[ys + 1, xs + 1].astype(np.float32)
+    else:
+        boxes = cell[0].astype(np.float32)
     keep = nms(boxes, scores, nms_iou)
     return boxes[keep], scores[keep].astype(np.float32)
 

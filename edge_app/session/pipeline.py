@@ -134,6 +134,7 @@ class AnalysedFrame:
     quality: FrameQuality
     origin: np.ndarray  # slide coordinates of this frame's pixel (0, 0)
     ms: dict
+    detector_input: object = None  # the detector's ``prepare`` of ``image`` when the frame is worth counting on
 
     @property
     def index(self) -> int:
@@ -188,10 +189,11 @@ class Pipeline:
         self.flat = flat
 
     # -- the hot path -------------------------------------------------------
-    def analyse(self, frame) -> AnalysedFrame:
+    def analyse(self, frame, ahead: bool = False) -> AnalysedFrame:
         """Flat field, quality gate and stage motion of one frame. The capture thread runs it on every
         decoded frame, in order, so it overlaps the networks of the frame before (``[inference]
-        overlap_analysis``); ``step`` runs it itself for a frame handed in plain."""
+        overlap_analysis``); ``step`` runs it itself for a frame handed in plain. ``ahead`` (the capture
+        thread): a frame that passes the gate is also made ready for the detector there."""
         t0 = time.perf_counter()
         img = frame.image if self.flat is None else self.flat.apply(frame.image)
         t1 = time.perf_counter()
@@ -200,9 +202,14 @@ class Pipeline:
         t2 = time.perf_counter()
         self.motion.update(grey, img.shape[1])
         t3 = time.perf_counter()
+        prepared = self.bundle.detector.prepare(img) if ahead and quality.ok else None
         return AnalysedFrame(frame, img, quality, self.motion.origin.copy(),
                              {"flat_field": (t1 - t0) * 1000, "quality": (t2 - t1) * 1000,
-                              "motion": (t3 - t2) * 1000})
+                              "motion": (t3 - t2) * 1000}, prepared)
+
+    def analyse_ahead(self, frame) -> AnalysedFrame:
+        """``analyse`` as the capture thread runs it: the detector's input made there too."""
+        return self.analyse(frame, ahead=True)
 
     def step(self, frame) -> FrameState:
         times = self.times
@@ -223,9 +230,11 @@ class Pipeline:
             if self.scale_meter is not None and not self.scale_meter.done:
                 self._measure_scale(img)
             t0 = time.perf_counter()
-            dets = detector(img)
+            dets = detector(img, prepared=a.detector_input)
             det_ms = (time.perf_counter() - t0) * 1000
             det_parts = getattr(detector, "last_ms", det_parts)
+            if a.detector_input is not None and a.detector_input.scale == detector.scale:
+                det_ms += det_parts["preprocess"]  # the stage's whole work, though it ran on the capture thread
 
             t0 = time.perf_counter()
             boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)

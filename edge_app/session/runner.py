@@ -169,8 +169,8 @@ class LiveRun:
         self.pipeline = Pipeline(bundle, self.writer, self.info.tally, self.info.session_id, cfg,
                                  operator=cfg.kiosk.operator, frames_done=self.info.frames_done,
                                  flat=load_flat_field(cfg.capture.flat_field))
-        if cfg.inference.overlap_analysis:  # flat field, quality and motion on the capture thread
-            self.capture.prepare = self.pipeline.analyse
+        if cfg.inference.overlap_analysis:  # flat field, quality, motion and the detector's input on the capture thread
+            self.capture.prepare = self.pipeline.analyse_ahead
         self._stop = threading.Event()
         self._stop_reason = "signal"
 

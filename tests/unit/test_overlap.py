@@ -1,5 +1,6 @@
-"""Flat field, quality and stage motion on the capture thread (``[inference] overlap_analysis``): the same
-count, frame for frame, as doing them in the loop; a failure there ends the run with its reason."""
+"""Flat field, quality, stage motion and the detector's input on the capture thread (``[inference]
+overlap_analysis``): the same count, frame for frame, as doing them in the loop; a failure
+there ends the run with its reason."""
 
 from __future__ import annotations
 
@@ -67,3 +68,6 @@ def test_the_capture_thread_hands_out_analysed_frames_in_order(tmp_path, pan):
     run.capture.stop()
     store.close()
     assert all(isinstance(f, AnalysedFrame) for f in got) and [f.index for f in got] == list(range(12))
+    # a frame worth counting on arrives with its detector input made, one that fails the gate without
+    assert all((f.detector_input is not None) == f.quality.ok for f in got)
+    assert any(f.detector_input is not None for f in got)
