@@ -32,7 +32,8 @@ class ModelConfig(_Strict):
     dir: Optional[str] = None
     # Crops whose top probability is below this are flagged for review.
     review_threshold: float = Field(0.6, ge=0.0, le=1.0)
-    # Detections below this score are ignored.
+    # Detections below this score are ignored. Set here, it wins over the threshold a site profile fitted
+    # on its frames; left out, the profile's (if any) applies, else 0.35.
     detect_threshold: float = Field(0.35, ge=0.0, le=1.0)
     # Rotations/mirrors averaged per crop (1, 2, 4 or 8); None = the value the
     # model was validated with (manifest). Fewer views = less CPU per cell.

@@ -17,8 +17,11 @@ object (the contract):
      "held_back": {"n": N, "before": ACC, "after": ACC}}
 
 A bad CSV (missing column, unknown label, unreadable image) exits 2 and names
-the row; a refused profile exits 1. ``--revert`` removes ``[model] site`` from
-the TOML config file (the profile folder is kept), so the next start counts
+the row; a refused profile exits 1. With frame rows the profile also records
+the camera's pixel scale measured from the frames and a detector threshold
+fitted on them (``edge_app.site.detection``), and the JSON line adds
+``"detector": {"pixel_scale", "threshold", "threshold_fitted", "held_back"}``.
+``--revert`` removes ``[model] site`` from the TOML config file (the profile folder is kept), so the next start counts
 with the network alone.
 """
 
@@ -178,14 +181,25 @@ def fit_and_write(args, cellset, held_set=None) -> int:
             "held_back": held,
             "head": {"lambda": site_head.DEFAULT_LAMBDA} if head.method != "prototype" else {},
         }
+        if cellset.labelled_frames:  # whole frames: the camera's pixel scale and a detector threshold too
+            from edge_app.site import detection as site_detection
+
+            data["detector"] = site_detection.fit(bundle, cellset.labelled_frames)
         sha = site_profile.write(args.out, data, head)
         logger.info("site profile %s written (sha256 %s)", args.out, sha[:12])
     finally:
         bundle.close()
     print(f"site profile '{name}' fitted on {int((~hold).sum())} cells; held back {held['n']}: "
           f"network {before:.3f}, profile {after:.3f}")
-    print(json.dumps({"profile": str(args.out), "cells": {c: cellset.counts()[c] for c in CLASSES},
-                      "frames": cellset.frames, "held_back": held}))
+    out = {"profile": str(args.out), "cells": {c: cellset.counts()[c] for c in CLASSES},
+           "frames": cellset.frames, "held_back": held}
+    if "detector" in data:
+        thr = data["detector"]["threshold"]
+        out["detector"] = {"pixel_scale": data["detector"]["pixel_scale"]["factor"], "threshold": thr["value"],
+                           "threshold_fitted": thr["fitted"], "held_back": thr.get("held_back")}
+        print(f"detector: pixel scale {out['detector']['pixel_scale']:.2f}, threshold {thr['value']:.2f} "
+              + ("(fitted)" if thr["fitted"] else f"(shipped: {thr.get('why', '')})"))
+    print(json.dumps(out))
     return 0
 
 

@@ -26,6 +26,9 @@ from edge_app.labels import CLASSES
 
 logger = logging.getLogger(__name__)
 
+# The detector's score threshold unless the config or a site profile sets one ([model] detect_threshold).
+DEFAULT_DETECT_THRESHOLD = 0.35
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -485,11 +488,13 @@ class ModelBundle:
     until the caller measures it from its own frames with ``measure_scale``
     (``detect``: each image size; ``run``: the session's first frames). A site
     profile whose ``pixel_scale`` is set (its ``ScaleEstimate.factor``) takes
-    the place of "auto"; a number given here still wins.
+    the place of "auto"; a number given here still wins. Likewise the detector
+    threshold: a number given here (``[model] detect_threshold`` set in the
+    config), else the one a profile fitted on its frames, else the default.
     """
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", precision: str = "int8",
-                 threads: int = 2, detect_threshold: float = 0.35, engine_dir: str | Path | None = None,
+                 threads: int = 2, detect_threshold: float | None = None, engine_dir: str | Path | None = None,
                  tta_views: int | None = None, detector_flip: bool | None = None, box_scale: float = 1.0,
                  box_refine: bool = False, site: str | Path | None = None, data_dir: str | Path | None = None,
                  scale: float | str = 1.0):
@@ -504,6 +509,12 @@ class ModelBundle:
         profile_scale = getattr(self.site, "pixel_scale", None)
         if scale == "auto" and profile_scale:
             scale = float(profile_scale)
+        # None: the threshold a profile fitted on its frames, else the shipped default; a number wins
+        profile_threshold = getattr(self.site, "detect_threshold", None)
+        self.threshold_source = "config" if detect_threshold is not None else (
+            "site profile" if profile_threshold is not None else "default")
+        if detect_threshold is None:
+            detect_threshold = profile_threshold if profile_threshold is not None else DEFAULT_DETECT_THRESHOLD
         self.backend_name = resolve_backend_name(backend)
         # "auto": measured once per CPU and model (edge_app.model.precision), cached in the data dir
         from edge_app.model import precision as auto_precision
@@ -527,8 +538,10 @@ class ModelBundle:
         m = cfg.model
         flip = m.live_detector_flip if live and m.live_detector_flip is not None else m.detector_flip
         views = m.live_tta_views if live and m.live_tta_views is not None else m.tta_views
+        # a threshold the config file or command line sets wins over a profile's; the default does not
+        threshold = cfg.model.detect_threshold if "detect_threshold" in cfg.model.model_fields_set else None
         return cls(cfg.model.dir, backend=cfg.inference.backend, precision=cfg.inference.precision,
-                   threads=cfg.inference.threads, detect_threshold=cfg.model.detect_threshold,
+                   threads=cfg.inference.threads, detect_threshold=threshold,
                    engine_dir=paths.engine_dir(cfg.inference.engine_dir, data_dir), tta_views=views,
                    detector_flip=flip, box_scale=cfg.model.box_scale,
                    box_refine=cfg.model.box_refine, data_dir=data_dir, scale=cfg.capture.pixel_scale,

@@ -89,6 +89,9 @@ def device_calibration(cfg, box_scale: float, box_refine: bool = False, bundle=N
         out.update(precision=getattr(bundle, "precision", None),
                    detector_flip=bool(getattr(bundle.detector, "flip", False)),
                    tta_views=int(getattr(bundle.classifier, "views", 1)))
+        if hasattr(bundle.detector, "threshold"):  # and where it came from: config, site profile or default
+            out.update(detect_threshold=float(bundle.detector.threshold),
+                       detect_threshold_source=getattr(bundle, "threshold_source", "default"))
         out.update(site_calibration(bundle))
         # "auto": measured from the first frames (the pipeline adds the figures once it has them)
         out["pixel_scale"] = ({"mode": "auto"} if getattr(bundle, "auto_scale", False)

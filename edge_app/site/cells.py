@@ -6,7 +6,10 @@ A labels CSV has one of two headers:
   classify`` frames it (the detector finds the cell nearest the centre);
 - ``image,x1,y1,x2,y2,label``: a whole frame and one leukocyte's box in its
   pixels, cut as the kiosk cuts a detected cell. ``label`` may be empty here:
-  "a leukocyte, type not given" (counted as a frame, not used by the head).
+  "a leukocyte, type not given" (not used by the head). Every leukocyte of a
+  frame has its row: the frames also fit the profile's detector side (pixel
+  scale, threshold: ``edge_app.site.detection``), which counts a box found
+  where no row is as a false one.
 
 ``label`` is one of the six lower-case class names; image paths are relative to
 the CSV's folder. Every problem is a ``LabelsError`` that names its row.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,7 @@ class CellSet:
     frames: int
     inputs_sha256: str
     source: str
+    labelled_frames: list = field(default_factory=list)  # edge_app.site.detection.LabelledFrame, frame rows only
 
     def content_seed(self) -> int:
         """A seed from the cells' pixels, labels and order (not their paths): the same CSV with its images
@@ -92,6 +96,7 @@ def read_csv(path: str | Path, who: str = "csv") -> CellSet:
                           f"'image,x1,y1,x2,y2,label'" + (f" (missing column {', '.join(missing)})" if missing else ""))
     frames_mode = header == FRAME_HEADER
     cells, frame_names = [], set()
+    frame_boxes: dict[str, list] = {}
     cache: dict[str, np.ndarray] = {}
     for n, row in enumerate(reader, start=2):
         if not row or all(not v.strip() for v in row):
@@ -125,13 +130,17 @@ def read_csv(path: str | Path, who: str = "csv") -> CellSet:
             if not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
                 raise LabelsError(f"{where}: box {box} is not inside the {w}x{h} image (x1 < x2, y1 < y2, pixels)")
             frame_names.add(rec["image"])
+            frame_boxes.setdefault(rec["image"], []).append(box)
             crop = preprocess.crop_square(rgb, preprocess.square_box(box))
             cells.append(Cell(crop, CLASS_INDEX[label] if label else None, True, who, where))
         else:
             cells.append(Cell(rgb, CLASS_INDEX[label], False, who, where))
     if not any(c.label is not None for c in cells):
         raise LabelsError(f"{path}: no labelled cell (every row's label is empty, or the file has no rows)")
-    return CellSet(cells, len(frame_names), digest.hexdigest(), str(path))
+    from edge_app.site.detection import LabelledFrame
+
+    frames = [LabelledFrame(name, cache[name], np.array(boxes, np.float32)) for name, boxes in frame_boxes.items()]
+    return CellSet(cells, len(frame_names), digest.hexdigest(), str(path), frames)
 
 
 def from_store(store, since: str | None = None) -> CellSet:

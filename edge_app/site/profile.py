@@ -8,6 +8,9 @@ classifier ONNX's sha256) it was fitted for, the sha256 of its inputs (the CSV
 and every image it names, or the store's cells), the cells per class and who
 verified them, the held-back figure (the network and the profile on verified
 cells kept out of the fit) and the head's method, settings and file sha256.
+Fitted on whole frames, it also records ``detector``: the pixel scale measured
+from them and the score threshold fitted on them, with its own held-back
+figure (``edge_app.site.detection``).
 
 ``load`` refuses a profile for another model version, one whose head file does
 not match its record, and one without an embedding to read: each with a
@@ -53,6 +56,19 @@ class SiteProfile:
     @property
     def name(self) -> str:
         return str(self.data.get("name", self.dir.name))
+
+    @property
+    def pixel_scale(self) -> float | None:
+        """The camera's scale measured from the profile's frames (a factor for the detector), or None:
+        a profile fitted on crops alone, or one whose frames showed too few red cells to trust."""
+        est = self.data.get("detector", {}).get("pixel_scale") or {}
+        return float(est["factor"]) if est.get("confidence", 0) > 0 and est.get("factor") else None
+
+    @property
+    def detect_threshold(self) -> float | None:
+        """The detector threshold fitted on the profile's frames, or None (the configured one stays)."""
+        rec = self.data.get("detector", {}).get("threshold") or {}
+        return float(rec["value"]) if rec.get("fitted") else None
 
     def calibration(self) -> dict:
         """What a session, its report and its FHIR result record of the profile it counted with."""

@@ -53,8 +53,9 @@ SHRINK = 5
 IOU = 0.5
 
 
-def held_out_frames(split: str):
-    """(camera, RGB frame, (N, 4) WBC boxes in its pixels) of every detector frame of a split."""
+def held_out_frames(split: str, names: bool = False):
+    """(camera, RGB frame, (N, 4) WBC boxes in its pixels) of every detector frame of a split; with
+    ``names``, its file name as a fourth item."""
     from scripts.training import data
     from scripts.training.splits import DATASETS, split_of
 
@@ -64,10 +65,12 @@ def held_out_frames(split: str):
 
     for image, rows in data._bccd_rows().items():
         if split_of("bccd", image) == split:
-            yield "bccd", preprocess.read_rgb(str(DATASETS / "bccd" / "images" / image)), boxes_of(rows)
+            yield ("bccd", preprocess.read_rgb(str(DATASETS / "bccd" / "images" / image)), boxes_of(rows)) \
+                + ((image,) if names else ())
     for image, rows in data._chula_rows().items():
         if split_of("chula", image, rows[0]["slide"]) == split:
-            yield "chula", preprocess.read_rgb(str(DATASETS / "chula" / "images" / image)), boxes_of(rows)
+            yield ("chula", preprocess.read_rgb(str(DATASETS / "chula" / "images" / image)), boxes_of(rows)) \
+                + ((image,) if names else ())
     for s, path, yolo in data._txl_items()[0]:
         if s != split:
             continue
@@ -75,7 +78,7 @@ def held_out_frames(split: str):
         h, w = rgb.shape[:2]
         b = np.array([[(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
                       for cx, cy, bw, bh in yolo], np.float32).reshape(-1, 4)
-        yield TXL_CAMERAS.get((h, w), f"txl_pbc/{w}x{h}"), rgb, b
+        yield (TXL_CAMERAS.get((h, w), f"txl_pbc/{w}x{h}"), rgb, b) + ((str(path.name),) if names else ())
 
 
 def _mirror(img, boxes, fx: bool, fy: bool):
