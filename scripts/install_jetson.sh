@@ -33,8 +33,10 @@ CONF_DIR=/etc/wbc-counter
 UNIT_DIR=/etc/systemd/system
 UNITS=(wbc-counter.service wbc-engine.service wbc-sync.service wbc-sync.timer)
 ENABLE=(wbc-engine.service wbc-counter.service wbc-sync.timer)
-PY_MODULES=(numpy cv2 pydantic serial)
-PIP_PACKAGES=("numpy>=1.21" "opencv-python-headless>=4.5" "pydantic>=2.5" "pyserial>=3.5")
+# import name -> pip requirement, as setup.py lists them (starlette, uvicorn, jinja2: the review page)
+PY_MODULES=(numpy cv2 pydantic serial onnx starlette uvicorn jinja2)
+PIP_PACKAGES=("numpy>=1.21" "opencv-python-headless>=4.5" "pydantic>=2.5" "pyserial>=3.5" "onnx>=1.12"
+              "starlette>=0.37" "uvicorn>=0.29" "jinja2>=3.1")
 DEFAULT_CAMERA=v4l2:///dev/video0
 
 DRY_RUN=0
@@ -168,9 +170,14 @@ fi
 
 # 5. Python packages the counter needs (never pip's tensorrt).
 step "python packages"
+# The versions the suite passed with (requirements/constraints.txt: aarch64 rows for JetPack, tflite-runtime
+# with NumPy 1.x); a checkout without it installs the ranges alone.
+LOCK="$SOURCE/requirements/constraints.txt"
+PIN=()
+[ -f "$LOCK" ] && PIN=(-c "$LOCK")
 pip_install() {
-    if [ -n "$WHEELS" ]; then "$PY" -m pip install --no-index --find-links "$WHEELS" "$@"
-    else "$PY" -m pip install "$@"; fi
+    if [ -n "$WHEELS" ]; then "$PY" -m pip install "${PIN[@]}" --no-index --find-links "$WHEELS" "$@"
+    else "$PY" -m pip install "${PIN[@]}" "$@"; fi
 }
 missing=()
 if [ -x "$PY" ]; then
@@ -185,9 +192,9 @@ else
     missing=("${PIP_PACKAGES[@]}" "tomli>=2.0 (Python < 3.11)" "tflite-runtime>=2.13")
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
-    change "pip install ${missing[*]}" pip_install "${missing[@]}"
+    change "pip install ${missing[*]}${PIN[*]:+ (pinned by requirements/constraints.txt)}" pip_install "${missing[@]}"
 else
-    ok "numpy, cv2, pydantic, pyserial, TFLite runtime present"
+    ok "numpy, cv2, pydantic, pyserial, onnx, starlette, uvicorn, jinja2, TFLite runtime present"
 fi
 
 # 6. TensorRT must be JetPack's, and pycuda built against the local CUDA.

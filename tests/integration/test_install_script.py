@@ -77,6 +77,20 @@ def test_dry_run_lists_every_step_and_changes_nothing(staging):
     assert _tree(root) == before
 
 
+def test_a_bare_environment_gets_every_runtime_package_pinned(staging, tmp_path):
+    """A Jetson's fresh venv lacks the counter's packages: the install names each of them (the review
+    page's web stack and onnx too) and pins them with the lock file the suite passed with."""
+    root, release = staging
+    bare = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    out = _run("--dry-run", "--root", root, "--venv", bare, "--models", release).stdout
+    line = next(ln for ln in out.splitlines() if "would pip install" in ln)
+    for req in ("numpy>=1.21", "opencv-python-headless", "pydantic", "pyserial", "onnx>=1.12", "starlette>=0.37",
+                "uvicorn>=0.29", "jinja2>=3.1"):
+        assert req in line, line
+    assert "pinned by requirements/constraints.txt" in line
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="useradd/chown into a staging root need root (CI runs as root)")
 @pytest.mark.slow
 def test_install_is_idempotent(staging):
