@@ -39,8 +39,8 @@ def main(args) -> int:
         try:
             if not args.out:  # the default folder is the data dir's: a link must not lead the write elsewhere
                 fsutil.ensure_inside(args.data_dir, out_dir, "the reports folder")
-            text, png, page = write_report(store, args.session, out_dir, cfg.tally.ci_method)
             signoff = describe(store, args.session)  # who signed which version, and each amendment
+            text, png, page = write_report(store, args.session, out_dir, cfg.tally.ci_method, signoff)
         except OSError as exc:
             why = fsutil.disk_full_message(out_dir) if fsutil.is_disk_full(exc) else exc
             print(f"wbc-counter report: error: cannot write the report to {out_dir}: {why}", file=sys.stderr)

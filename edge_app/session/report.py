@@ -1,7 +1,8 @@
 """One-page session report: the result as text, a PNG and an HTML page.
 
 The page holds the session facts, the five-part differential with 95% CIs,
-"other" cells, absolute counts when a WBC count was entered, the corrections
+"other" cells, absolute counts when a WBC count was entered, who signed which
+version (and each amendment), the corrections
 (who / when / from / to) and a gallery of the stored cell crops per class.
 A session still open is reported as PRELIMINARY from its committed cells.
 """
@@ -99,7 +100,8 @@ def _put(img, s, org, scale=0.6, colour=(20, 20, 20), thick=1):
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
 
 
-def render_png(row: dict, payload: dict, final: bool, crops: dict, corrections: list) -> np.ndarray:
+def render_png(row: dict, payload: dict, final: bool, crops: dict, corrections: list,
+               signoff: list[str] = ()) -> np.ndarray:
     page = np.full((PAGE_H, PAGE_W, 3), 255, np.uint8)
     _put(page, "Leukocyte differential" + ("" if final else "  (PRELIMINARY)"), (60, 80), 1.2, (0, 0, 0), 2)
     if state_note(payload):
@@ -126,6 +128,13 @@ def render_png(row: dict, payload: dict, final: bool, crops: dict, corrections: 
     _put(page, f"other (not in the differential): {payload['other']}    95% CI: {payload['ci_method']}",
          (60, y + 20), 0.6)
     y += 60
+    if signoff:  # who signed which version: the reader of a printed page must see it
+        _put(page, "sign-off:", (60, y), 0.6, (0, 0, 0), 2)
+        y += 26
+        for line in signoff[-4:]:
+            _put(page, line[:110], (80, y), 0.5)
+            y += 22
+        y += 10
     if corrections:
         _put(page, f"corrections ({len(corrections)}):", (60, y), 0.6, (0, 0, 0), 2)
         y += 26
@@ -154,8 +163,10 @@ def render_png(row: dict, payload: dict, final: bool, crops: dict, corrections: 
     return page
 
 
-def render_html(row: dict, payload: dict, final: bool, crops: dict, corrections: list) -> str:
+def render_html(row: dict, payload: dict, final: bool, crops: dict, corrections: list,
+                signoff: list[str] = ()) -> str:
     e = html.escape
+    signed = "".join(f"<li>{e(line)}</li>" for line in signoff)
     rows = "".join(
         f"<tr><td>{k}</td><td>{payload['counts'][k]}</td><td>{payload['percent'][k]:.1f}</td>"
         f"<td>{payload['ci95'][k][0]:.1f} – {payload['ci95'][k][1]:.1f}</td>"
@@ -187,6 +198,7 @@ Started {e(row['started_at'])}, status {e(row['status'])}; five-part cells {payl
 (target {payload['target']}), other {payload['other']}, flagged {payload['flagged']}.</p>
 <table><tr><th>class</th><th>n</th><th>%</th><th>95% CI ({e(payload['ci_method'])})</th>{abs_head}</tr>{rows}</table>
 <p>"Other" cells are not part of the differential's denominator.</p>
+<h2>Sign-off</h2><ul id="signoff">{signed or '<li>not recorded</li>'}</ul>
 <h2>Corrections</h2><ul>{corr or '<li>none</li>'}</ul>
 <h2>Cells</h2>{''.join(gallery)}
 <script type="application/json" id="result">{e(json.dumps(payload))}</script>
@@ -195,8 +207,9 @@ Started {e(row['started_at'])}, status {e(row['status'])}; five-part cells {payl
 
 
 def write_report(store: Store, session_id: str, out_dir: str | Path,
-                 ci_method: str = "wilson") -> tuple[str, Path, Path]:
-    """Returns (text summary, png path, html path)."""
+                 ci_method: str = "wilson", signoff: list[str] = ()) -> tuple[str, Path, Path]:
+    """Returns (text summary, png path, html path). ``signoff``: the sign-off lines
+    (``edge_app.review.signoff.describe``), shown on both pages."""
     row, payload, final = session_result(store, session_id, ci_method)
     crops = _crops(store, row["id"])
     corrections = [dict(c) for c in store.corrections(row["id"])]
@@ -205,9 +218,9 @@ def write_report(store: Store, session_id: str, out_dir: str | Path,
     page = out / f"report-{row['id'][:8]}.html"
     for target in (png, page):  # both refused before either is written
         fsutil.check_writable_target(target, "report file")
-    ok, buf = cv2.imencode(".png", render_png(row, payload, final, crops, corrections))
+    ok, buf = cv2.imencode(".png", render_png(row, payload, final, crops, corrections, signoff))
     if not ok:
         raise OSError("PNG encoding failed")
     fsutil.atomic_write(png, buf.tobytes(), what="report file")
-    fsutil.atomic_write(page, render_html(row, payload, final, crops, corrections), what="report file")
+    fsutil.atomic_write(page, render_html(row, payload, final, crops, corrections, signoff), what="report file")
     return text_summary(row, payload, final), png, page

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -263,6 +264,11 @@ def test_sign_and_report_verbs(tmp_path, capsys):
     assert "sign-off: version 1, 1 cell changed, signed by Dr Sign" in out
     assert "amendment: version 2 re-opened by Dr Two" in out and "basophil was a neutrophil" in out
     assert "neutrophil      6" in out  # the report's differential is the amended one
+    # the written pages carry the sign-off too (a printed or forwarded page shows who signed)
+    page = next(ln.split("report: ", 1)[1] for ln in out.splitlines() if ln.endswith(".html"))
+    html_text = Path(page).read_text()
+    signoff = html_text.split('<ul id="signoff">', 1)[1].split("</ul>", 1)[0]
+    assert "signed by Dr Sign" in signoff and "re-opened by Dr Two" in signoff and "signed by Dr Two" in signoff
     rc, out, err = run_cli(["sign", "ffffffff", "--user", "x", "--data-dir", tmp_path / "data"], capsys)
     assert rc == 2 and "no session" in err and "Traceback" not in err
 
