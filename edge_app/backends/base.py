@@ -38,7 +38,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run once. ``x`` matches ``input_spec``; outputs in manifest order."""
+        """Run once. ``x`` matches ``input_spec`` (float32, or what ``prepare_input`` made of it); outputs in
+        manifest order."""
+
+    def prepare_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as the network takes it (an INT8 TFLite model: quantised), for ``infer``. The live loop makes
+        the detector's input on the capture thread, this step included, so its own thread runs the network."""
+        return x
 
     def close(self) -> None:
         """Free resources (device buffers, interpreter)."""

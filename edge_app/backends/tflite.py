@@ -65,15 +65,24 @@ class TFLiteBackend(Backend):
     def input_spec(self) -> TensorSpec:
         return self._spec
 
+    def prepare_input(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype == self._in_dtype:
+            return x
+        if self._in_dtype in (np.int8, np.uint8):
+            # round(x / scale + zero), clipped, in x's own float type: the same operations, in place
+            scale, zero = self._in_q
+            info = np.iinfo(self._in_dtype)
+            q = x / scale if scale != 1.0 else x.copy()  # dividing by 1.0 is exact: skip it
+            np.add(q, zero, out=q)
+            np.rint(q, out=q)
+            np.clip(q, info.min, info.max, out=q)
+            return q.astype(self._in_dtype)
+        return x.astype(self._in_dtype, copy=False)
+
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
         if tuple(x.shape) != self._spec.shape:
             raise BackendError(f"input shape {tuple(x.shape)} != model input {self._spec.shape}")
-        if self._in_dtype in (np.int8, np.uint8):
-            scale, zero = self._in_q
-            info = np.iinfo(self._in_dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self._in_dtype)
-        else:
-            x = x.astype(self._in_dtype, copy=False)
+        x = self.prepare_input(x)
         self._interp.set_tensor(self._in_index, x)
         self._interp.invoke()
         results = []

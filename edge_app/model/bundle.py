@@ -187,7 +187,7 @@ class DetectorInput:
     scale they were made for, the background estimate the refinement shares, and how long it took."""
 
     scale: float
-    inputs: list  # one (1, H, W, 3) tensor; one per window when tiled
+    inputs: list  # one (1, H, W, 3) tensor, as the backend takes it (``prepare_input``); one per window when tiled
     background: np.ndarray | None
     ms: float
     letterbox: preprocess.Letterbox | None = None  # the plain path: how to map boxes back
@@ -275,12 +275,13 @@ class Detector:
             background = preprocess.estimate_background(frame_rgb)
         if is_unit(scale):
             x, lb = preprocess.detector_input(frame_rgb, background)
-            return DetectorInput(scale, [x], background, (time.perf_counter() - t0) * 1000, letterbox=lb)
+            return DetectorInput(scale, [self.backend.prepare_input(x)], background,
+                                 (time.perf_counter() - t0) * 1000, letterbox=lb)
         bg = preprocess.estimate_background(frame_rgb) if background is None else background
         eff = detector_scale(frame_rgb.shape) * scale  # frame px -> network px
         inputs, windows = tiling.windows_input(frame_rgb, eff, bg)
-        return DetectorInput(scale, inputs, background, (time.perf_counter() - t0) * 1000, windows=windows,
-                             factor=eff)
+        return DetectorInput(scale, [self.backend.prepare_input(x) for x in inputs], background,
+                             (time.perf_counter() - t0) * 1000, windows=windows, factor=eff)
 
     def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
                  threshold: float | None = None, prepared: "DetectorInput | None" = None) -> list[Detection]:

@@ -89,6 +89,9 @@ def test_manifest_switches_the_mirrored_pass():
         def __init__(self, inner):
             self.inner = inner
 
+        def prepare_input(self, x):
+            return self.inner.prepare_input(x)
+
         def infer(self, x):
             calls.append(x.shape)
             return self.inner.infer(x)

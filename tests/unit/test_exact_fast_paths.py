@@ -134,3 +134,24 @@ def test_a_scale_change_after_prepare_prepares_again(frames, bundle):
         assert [(d.box.tolist(), d.score) for d in det(f, prepared=stale)] == fresh
     finally:
         det.scale = 1.0
+
+
+def test_int8_input_quantisation_is_the_plain_formula(frames):
+    """The INT8 TFLite models' input quantisation (made on the capture thread for the detector) gives
+    round(x / scale + zero) clipped, as the plain expression does, and the same detections."""
+    b = ModelBundle(backend="tflite", precision="int8")
+    try:
+        for backend, inputs in ((b.detector.backend, [preprocess.detector_input(f)[0] for f in frames[:20]]),
+                                (b.classifier.backend, [preprocess.classifier_input(cv2.resize(f, (96, 96)))
+                                                        for f in frames[:20]])):
+            scale, zero = backend._in_q
+            for x in inputs + [inputs[0] * 1.7 - 40]:  # and values beyond the int8 range
+                plain = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+                got = backend.prepare_input(x)
+                assert got.dtype == np.int8 and np.array_equal(got, plain)
+                assert backend.prepare_input(got) is got  # already the network's type: passed through
+        for f in frames[:10]:
+            plain = [(d.box.tolist(), d.score) for d in b.detector(f)]
+            assert [(d.box.tolist(), d.score) for d in b.detector(f, prepared=b.detector.prepare(f))] == plain
+    finally:
+        b.close()
