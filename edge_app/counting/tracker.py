@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_app.config import TrackingConfig
+from edge_app.detections import Detections
 from edge_app.imaging.preprocess import square_box
 
 logger = logging.getLogger(__name__)
@@ -164,12 +165,12 @@ class Tracker:
         x, y = t.center - origin
         return -margin <= x <= w + margin and -margin <= y <= h + margin
 
-    def update(self, boxes: np.ndarray, scores, origin: np.ndarray, frame_index: int,
+    def update(self, detections: Detections, origin: np.ndarray, frame_index: int,
                frame_size: tuple[int, int]) -> list[Match]:
-        """Match this frame's detections (N, 4 frame px) to tracks; returns one Match per detection."""
+        """Match this frame's detections (frame px) to tracks; returns one Match per detection, in order."""
         w, h = frame_size
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        scores = list(scores)
+        boxes = detections.xyxy
+        scores = [float(s) for s in detections.score]
         origin = np.asarray(origin, dtype=np.float64)
         centers = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1) + origin \
             if len(boxes) else np.zeros((0, 2))

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_app import fsutil, paths
 from edge_app.backends import Backend, BackendError, resolve_backend_name
+from edge_app.detections import Detection, Detections  # noqa: F401  (Detection: its rows, for importers)
 from edge_app.imaging import boxrefine, preprocess, tiling
 from edge_app.imaging.scale import ScaleEstimate, ScaleReference, detector_scale, is_unit, measure_scale
 from edge_app.labels import CLASSES
@@ -155,12 +156,6 @@ def create_backend(manifest: Manifest, net: str, backend: str = "auto", precisio
 
 
 @dataclass
-class Detection:
-    box: np.ndarray  # x1, y1, x2, y2 in frame pixels (float32)
-    score: float
-
-
-@dataclass
 class Classification:
     probs: np.ndarray  # (len(CLASSES),) float32, sums to 1
     attention: np.ndarray = field(repr=False, default=None)  # (h, w) float32 in 0..1
@@ -284,7 +279,7 @@ class Detector:
                              (time.perf_counter() - t0) * 1000, windows=windows, factor=eff)
 
     def __call__(self, frame_rgb: np.ndarray, background: np.ndarray | None = None,
-                 threshold: float | None = None, prepared: "DetectorInput | None" = None) -> list[Detection]:
+                 threshold: float | None = None, prepared: "DetectorInput | None" = None) -> Detections:
         """Boxes in frame pixels with score >= ``threshold`` (default: the detector's own). ``prepared``:
         this frame's ``prepare`` (used unless the scale changed since; then prepared again)."""
         if prepared is None or prepared.scale != self.scale:
@@ -300,14 +295,14 @@ class Detector:
         finally:
             self.last_ms["decode"] = (time.perf_counter() - t2) * 1000 + (t2 - t1) * 1000 - self.last_ms["network"]
 
-    def _decode(self, frame_rgb, heat, ltrb, lb, background, threshold) -> list[Detection]:
+    def _decode(self, frame_rgb, heat, ltrb, lb, background, threshold) -> Detections:
         thr = self.threshold if threshold is None else threshold
         boxes, scores = decode_detections(heat, ltrb, self.stride, thr, self.nms_iou, self.vote)
         if not len(boxes):
-            return []
+            return Detections.empty()
         return self._finish(frame_rgb, lb.to_frame(boxes), scores, background)
 
-    def _tiled(self, frame_rgb, prepared: "DetectorInput", threshold) -> list[Detection]:
+    def _tiled(self, frame_rgb, prepared: "DetectorInput", threshold) -> Detections:
         """The frame resized by ``scale`` and run window by window; boxes merged, in frame pixels."""
         eff = prepared.factor
         thr = self.threshold if threshold is None else threshold
@@ -325,11 +320,11 @@ class Detector:
         t1 = time.perf_counter()
         boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
         keep = nms(boxes, scores, self.nms_iou)  # a cell inside two windows' overlap is found twice
-        out = self._finish(frame_rgb, boxes[keep], scores[keep], prepared.background) if keep else []
+        out = self._finish(frame_rgb, boxes[keep], scores[keep], prepared.background) if keep else Detections.empty()
         self.last_ms["decode"] = (decode + time.perf_counter() - t1) * 1000
         return out
 
-    def _finish(self, frame_rgb, boxes, scores, background) -> list[Detection]:
+    def _finish(self, frame_rgb, boxes, scores, background) -> Detections:
         """Frame-pixel boxes -> detections: per-camera box scale, clipped to the frame, refined."""
         boxes = scale_boxes(boxes, self.box_scale)
         h, w = frame_rgb.shape[:2]
@@ -337,7 +332,7 @@ class Detector:
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
         if self.refine:
             boxes = boxrefine.refine_boxes(frame_rgb, boxes, background=background)
-        return [Detection(b, float(s)) for b, s in zip(boxes, scores)]
+        return Detections(boxes, scores)
 
 
 # Test-time views of a crop: a cell has no "up", so the dihedral group of the

@@ -237,11 +237,8 @@ class Pipeline:
                 det_ms += det_parts["preprocess"]  # the stage's whole work, though it ran on the capture thread
 
             t0 = time.perf_counter()
-            boxes = np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
-            scores = [d.score for d in dets]
-            keep = suppress_contained(boxes, scores)
-            matches = self.tracker.update(boxes[keep], [scores[i] for i in keep], a.origin, frame.index,
-                                          (w, h))
+            dets = dets[suppress_contained(dets.xyxy, dets.score)]
+            matches = self.tracker.update(dets, a.origin, frame.index, (w, h))
             t_track += (time.perf_counter() - t0) * 1000
 
             t0 = time.perf_counter()

@@ -70,8 +70,7 @@ def detections(detector, frames: list[LabelledFrame]) -> list[tuple[np.ndarray, 
     out = []
     for f in frames:
         found = detector(f.image_rgb, threshold=LOW)
-        out.append((np.array([d.box for d in found], np.float32).reshape(-1, 4),
-                    np.array([d.score for d in found], np.float32)))
+        out.append((found.xyxy, found.score))
     return out
 
 

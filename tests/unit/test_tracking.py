@@ -6,6 +6,7 @@ import numpy as np
 
 from edge_app.config import TrackingConfig  # noqa: E402
 from edge_app.counting.tracker import Tracker  # noqa: E402
+from edge_app.detections import Detections
 
 W, H = 640, 480
 
@@ -19,7 +20,8 @@ def step(tracker, cells, origin, frame):
     """Detect every cell whose centre is in view (as a detector would)."""
     boxes = [box_at(c, origin) for c in cells
              if 0 <= c[0] - origin[0] < W and 0 <= c[1] - origin[1] < H]
-    return tracker.update(np.array(boxes).reshape(-1, 4), [0.9] * len(boxes), np.array(origin, float), frame, (W, H))
+    dets = Detections(np.array(boxes).reshape(-1, 4), [0.9] * len(boxes))
+    return tracker.update(dets, np.array(origin, float), frame, (W, H))
 
 
 def test_cell_sliding_across_the_view_is_one_confirmed_track():
@@ -65,7 +67,7 @@ def test_votes_follow_crop_quality_and_stop_after_enough_clean_crops():
     xs = [0, 0, 10, 30, 34, 38, 42, 46, 50, 54]
     qualities, voted = [], []
     for f, x in enumerate(xs):
-        ms = t.update(np.array([[x, 200, x + 80, 280]]), [0.9], np.zeros(2), f, (W, H))
+        ms = t.update(Detections([[x, 200, x + 80, 280]], [0.9]), np.zeros(2), f, (W, H))
         qualities.append(ms[0].quality)
         if t.wants_vote(ms[0]):
             label = {0: 2, 1: 1, 2: 0}[ms[0].quality]  # edge crops say monocyte, whole lymphocyte, clean neutrophil
@@ -104,10 +106,10 @@ def test_forgotten_after_max_age():
 
 def test_second_track_on_the_same_cell_is_merged_not_counted_twice():
     t = Tracker(TrackingConfig())  # gate 0.6 x 80 px = 48 px
-    t.update(np.array([[300, 200, 380, 280]]), [0.9], np.zeros(2), 0, (W, H))
-    t.update(np.array([[352, 200, 432, 280]]), [0.9], np.zeros(2), 1, (W, H))  # 52 px off: a second track
+    t.update(Detections([[300, 200, 380, 280]], [0.9]), np.zeros(2), 0, (W, H))
+    t.update(Detections([[352, 200, 432, 280]], [0.9]), np.zeros(2), 1, (W, H))  # 52 px off: a second track
     assert len(t.tracks) == 2
-    t.update(np.array([[326, 200, 406, 280]]), [0.9], np.zeros(2), 2, (W, H))  # in between: one cell after all
+    t.update(Detections([[326, 200, 406, 280]], [0.9]), np.zeros(2), 2, (W, H))  # in between: one cell after all
     assert len(t.tracks) == 1
     tr = t.tracks[0]
     assert tr.id == 1 and tr.hits == 3 and tr.confirmed
@@ -116,27 +118,27 @@ def test_second_track_on_the_same_cell_is_merged_not_counted_twice():
 def test_two_cells_seen_together_are_never_merged():
     t = Tracker(TrackingConfig())
     for f in range(5):
-        t.update(np.array([[300, 200, 380, 280], [345, 200, 425, 280]]), [0.9, 0.9], np.zeros(2), f, (W, H))
+        t.update(Detections([[300, 200, 380, 280], [345, 200, 425, 280]], [0.9, 0.9]), np.zeros(2), f, (W, H))
     assert len(t.tracks) == 2
 
 
 def test_a_few_weak_detections_do_not_make_a_cell_but_a_strong_or_persistent_one_does():
     t = Tracker(TrackingConfig(confirm_score=0.6, confirm_hits_weak=10))
     for f in range(9):
-        t.update(np.array([[300, 200, 380, 280]]), [0.45], np.zeros(2), f, (W, H))
+        t.update(Detections([[300, 200, 380, 280]], [0.45]), np.zeros(2), f, (W, H))
     assert not t.tracks[0].confirmed
-    t.update(np.array([[300, 200, 380, 280]]), [0.45], np.zeros(2), 9, (W, H))
+    t.update(Detections([[300, 200, 380, 280]], [0.45]), np.zeros(2), 9, (W, H))
     assert t.tracks[0].confirmed  # ten frames in a row: a real, faint cell
     strong = Tracker(TrackingConfig(confirm_score=0.6))
     for f, s in enumerate([0.45, 0.45, 0.7]):
-        strong.update(np.array([[300, 200, 380, 280]]), [s], np.zeros(2), f, (W, H))
+        strong.update(Detections([[300, 200, 380, 280]], [s]), np.zeros(2), f, (W, H))
     assert strong.tracks[0].confirmed
 
 
 def confirm(t, box, frames, score=0.9, whole_vote=True):
     ms = None
     for f in frames:
-        ms = t.update(np.array([box], float), [score], np.zeros(2), f, (W, H))
+        ms = t.update(Detections([box], [score]), np.zeros(2), f, (W, H))
         if t.wants_vote(ms[0]):
             ms[0].track.add_vote(np.eye(6, dtype=np.float32)[0], ms[0].quality)
     return ms[0].track
@@ -156,7 +158,7 @@ def test_a_jumped_box_on_a_counted_cell_is_not_counted_again():
 def test_neighbours_seen_together_are_both_counted():
     t = Tracker(TrackingConfig())
     for f in range(5):
-        ms = t.update(np.array([[200, 200, 300, 300], [290, 200, 390, 300]], float), [0.9, 0.9], np.zeros(2), f,
+        ms = t.update(Detections([[200, 200, 300, 300], [290, 200, 390, 300]], [0.9, 0.9]), np.zeros(2), f,
                       (W, H))
         for m in ms:
             if t.wants_vote(m):
@@ -172,5 +174,5 @@ def test_a_tracker_without_a_config_uses_the_shipped_hysteresis():
     for t in (Tracker(), Tracker(TrackingConfig())):
         origin = np.zeros(2)
         for f in range(4):
-            t.update(np.array([box_at((320.0, 240.0), origin)]), [0.3], origin, f, (W, H))
+            t.update(Detections([box_at((320.0, 240.0), origin)], [0.3]), origin, f, (W, H))
         assert t.tracks[0].hits == 4 and not t.tracks[0].confirmed
