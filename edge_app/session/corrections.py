@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_app.counting.tally import Tally
 from edge_app.labels import CLASSES
+from edge_app.store.writes import ManualCellWrite, ReclassifyWrite, UndoWrite
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +67,17 @@ class Corrections:
     def applied(self, d) -> None:
         """Apply one committed writer result of kind manual / reclassify / undo to the tally and strip."""
         if d.kind == "manual":
-            self.tally.add(d.value, d.args["label"], None, False, "manual")
+            self.tally.add(d.value, d.write.label, None, False, "manual")
             self.tally.corrections += 1
             self.last_cell_id = d.value
-            self.event(f"added {d.args['label']} by hand (cell {d.value})")
+            self.event(f"added {d.write.label} by hand (cell {d.value})")
         elif d.kind == "reclassify":
-            self.tally.relabel(d.value, d.args["to_label"])
+            self.tally.relabel(d.value, d.write.to_label)
             self.tally.corrections += 1
             for item in self.review:
                 if item.cell_id == d.value:
-                    item.label, item.flagged = d.args["to_label"], False
-            self.event(f"cell {d.value} -> {d.args['to_label']}")
+                    item.label, item.flagged = d.write.to_label, False
+            self.event(f"cell {d.value} -> {d.write.to_label}")
         elif d.kind == "undo":
             self._undone(d.value)
 
@@ -101,18 +102,16 @@ class Corrections:
         return sorted(items, key=lambda r: (not r.flagged, r.confidence if r.confidence is not None else 1.0))[:n]
 
     def add_manual(self, label: str, frame_index: int) -> None:
-        self.writer.submit("manual", session_id=self.session_id, label=label, operator=self.operator,
-                           frame_index=frame_index)
+        self.writer.submit(ManualCellWrite(self.session_id, label, self.operator, frame_index))
 
     def reclassify(self, cell_id: int | None, label: str) -> None:
         if cell_id is None or cell_id not in self.tally.cells:
             self.event("no cell selected to reclassify")
             return
-        self.writer.submit("reclassify", session_id=self.session_id, cell_id=cell_id, to_label=label,
-                           operator=self.operator)
+        self.writer.submit(ReclassifyWrite(self.session_id, cell_id, label, self.operator))
 
     def undo(self) -> None:
-        self.writer.submit("undo", session_id=self.session_id, operator=self.operator)
+        self.writer.submit(UndoWrite(self.session_id, self.operator))
 
     def select_next_flagged(self, n: int = 6) -> None:
         strip = self.review_strip(n)

@@ -28,6 +28,7 @@ from edge_app.imaging.quality import FrameQuality, QualityGate, grey_small
 from edge_app.imaging.scale import ScaleMeter
 from edge_app.labels import CLASSES, FIVE_PART, OTHER
 from edge_app.session.corrections import Corrections, ReviewItem
+from edge_app.store.writes import CalibrationWrite, CellWrite, FramesWrite
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class Pipeline:
         self.frames += 1
         self.frames_this_run += 1
         if self.frames % 30 == 0:
-            self.writer.submit("frames", session_id=self.session_id, frames=self.frames)
+            self.writer.submit(FramesWrite(self.session_id, self.frames))
         times.add("log", log_ms + (time.perf_counter() - t0) * 1000)
         return FrameState(img, frame.index, quality, self.tracker.visible(frame.index), counting,
                           "" if quality.ok else quality.reason)
@@ -299,12 +300,11 @@ class Pipeline:
         self.pending_total += 1
         if label != OTHER:
             self.pending_five += 1
-        self.writer.submit(
-            "cell", track, session_id=self.session_id, label=label,
-            probs={c: round(float(p), 4) for c, p in zip(CLASSES, probs)}, confidence=round(conf, 4),
-            box=box, slide_xy=(float(track.center[0]), float(track.center[1])),
+        self.writer.submit(CellWrite(
+            self.session_id, label, probs={c: round(float(p), 4) for c, p in zip(CLASSES, probs)},
+            confidence=round(conf, 4), box=box, slide_xy=(float(track.center[0]), float(track.center[1])),
             frame_index=track.best_frame if track.best_frame is not None else track.last_frame,
-            track_id=track.id, flagged=conf < self.review_threshold, crop_rgb=track.best_crop)
+            track_id=track.id, flagged=conf < self.review_threshold, crop_rgb=track.best_crop), track)
 
     def flush(self) -> None:
         """Source ended: count every confirmed track still waiting for votes."""
@@ -321,8 +321,8 @@ class Pipeline:
         state = "measured" if self.scale_meter.done else "provisional"
         logger.info("pixel scale %s: factor %.2f (red cells %.1f px, %d cells, confidence %.2f)", state,
                     est.factor, est.rbc_diameter_px, est.n_cells, est.confidence)
-        self.writer.submit("calibration", session_id=self.session_id,
-                           values={"pixel_scale": {"mode": "auto", "state": state, **est.as_dict()}})
+        self.writer.submit(CalibrationWrite(self.session_id,
+                                            {"pixel_scale": {"mode": "auto", "state": state, **est.as_dict()}}))
 
     def apply_commits(self) -> list:
         done = self.writer.done()
@@ -331,15 +331,15 @@ class Pipeline:
                 track: Track = d.tag
                 track.cell_id = d.value
                 self.pending_total -= 1
-                if d.args["label"] != OTHER:
+                if d.write.label != OTHER:
                     self.pending_five -= 1
-                self.tally.add(d.value, d.args["label"], d.args["confidence"], d.args["flagged"])
-                self.corrections.remember(ReviewItem(d.value, d.args["label"], d.args["confidence"],
-                                                     d.args["flagged"], track.best_crop, track.best_attention))
+                self.tally.add(d.value, d.write.label, d.write.confidence, d.write.flagged)
+                self.corrections.remember(ReviewItem(d.value, d.write.label, d.write.confidence,
+                                                     d.write.flagged, track.best_crop, track.best_attention))
                 # Stored and handed to the review strip: the track (remembered for back-tracking
                 # for max_age_frames) need not hold its picture any longer.
                 track.best_crop = track.best_attention = None
-                logger.debug("counted cell %d (%s), five-part total %d", d.value, d.args["label"], self.tally.total)
+                logger.debug("counted cell %d (%s), five-part total %d", d.value, d.write.label, self.tally.total)
             elif d.kind in ("manual", "reclassify", "undo"):
                 self.corrections.applied(d)
             elif d.kind == "error":

@@ -30,6 +30,7 @@ from edge_app.session.pipeline import Pipeline, load_flat_field
 from edge_app.store import Store, StoreError, utcnow
 from edge_app.store.db import NO_CELL_REASON
 from edge_app.store.writer import StoreWriter
+from edge_app.store.writes import FramesWrite
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class LiveRun:
         self.notifier.stopping()
         if reason in ("source-ended", "quit"):
             p.flush()  # confirmed tracks still waiting for votes are real cells
-        self.writer.submit("frames", session_id=self.info.session_id, frames=p.frames)
+        self.writer.submit(FramesWrite(self.info.session_id, p.frames))
         self.writer.close()
         p.apply_commits()
         error = self.writer.error or (self.capture.error if reason == "error" else None)

@@ -10,6 +10,7 @@ the crop also happens here, off the hot path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sqlite3
@@ -21,16 +22,25 @@ import cv2
 import numpy as np
 
 from edge_app.store.db import Store, StoreError
+from edge_app.store.writes import (
+    CalibrationWrite,
+    CellWrite,
+    FramesWrite,
+    ManualCellWrite,
+    ReclassifyWrite,
+    UndoWrite,
+    Write,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Done:
-    kind: str  # 'cell', 'reclassify', 'manual', 'undo', 'frames'
+    kind: str  # the write's kind ('cell', 'reclassify', 'manual', 'undo', 'frames', 'calibration'), or 'error'
     tag: Any  # what the caller passed to identify the write (e.g. a Track)
     value: Any  # the write's result (cell id, undone correction row, ...)
-    args: dict
+    write: Write  # the write itself (a cell's crop dropped: it is stored)
 
 
 def encode_crop(crop_rgb: np.ndarray | None, size: int, quality: int) -> bytes | None:
@@ -56,10 +66,10 @@ class StoreWriter(threading.Thread):
         self._lock = threading.Lock()
 
     # -- producer side (pipeline thread) ----------------------------------
-    def submit(self, kind: str, tag: Any = None, **args) -> None:
+    def submit(self, write: Write, tag: Any = None) -> None:
         with self._lock:
             self.pending += 1
-        self._q.put((kind, tag, args))
+        self._q.put((write, tag))
 
     def done(self) -> list[Done]:
         out = []
@@ -81,41 +91,42 @@ class StoreWriter(threading.Thread):
             logger.error("%s", self.error)
 
     # -- writer thread ------------------------------------------------------
-    def _apply(self, kind: str, args: dict):
+    def _apply(self, w: Write):
         s = self.store
-        if kind == "cell":
-            crop = args.pop("crop_rgb", None)
+        if isinstance(w, CellWrite):
             try:
-                args["crop_jpeg"] = encode_crop(crop, self.crop_size, self.jpeg_quality)
+                crop_jpeg = encode_crop(w.crop_rgb, self.crop_size, self.jpeg_quality)
             except cv2.error as exc:  # the cell still counts; only its gallery picture is lost
                 logger.warning("cell crop not stored (%s)", str(exc).strip().splitlines()[-1][:120])
-                args["crop_jpeg"] = None
-            return s.add_cell(**args)
-        if kind == "reclassify":
-            s.reclassify(args["session_id"], args["cell_id"], args["to_label"], args.get("operator"))
-            return args["cell_id"]
-        if kind == "manual":
-            return s.add_manual_cell(args["session_id"], args["label"], args.get("operator"),
-                                     args.get("frame_index"))
-        if kind == "undo":
-            row = s.undo(args["session_id"], args.get("operator"))
+                crop_jpeg = None
+            return s.add_cell(w.session_id, label=w.label, probs=w.probs, confidence=w.confidence, box=w.box,
+                              slide_xy=w.slide_xy, frame_index=w.frame_index, track_id=w.track_id,
+                              flagged=w.flagged, crop_jpeg=crop_jpeg)
+        if isinstance(w, ReclassifyWrite):
+            s.reclassify(w.session_id, w.cell_id, w.to_label, w.operator)
+            return w.cell_id
+        if isinstance(w, ManualCellWrite):
+            return s.add_manual_cell(w.session_id, w.label, w.operator, w.frame_index)
+        if isinstance(w, UndoWrite):
+            row = s.undo(w.session_id, w.operator)
             return dict(row) if row is not None else None
-        if kind == "frames":
-            s.set_frames(args["session_id"], args["frames"])
-            return args["frames"]
-        if kind == "calibration":
-            s.update_calibration(args["session_id"], args["values"])
-            return args["values"]
-        raise ValueError(f"unknown write {kind}")
+        if isinstance(w, FramesWrite):
+            s.set_frames(w.session_id, w.frames)
+            return w.frames
+        if isinstance(w, CalibrationWrite):
+            s.update_calibration(w.session_id, w.values)
+            return w.values
+        raise ValueError(f"unknown write {type(w).__name__}")
 
     def run(self) -> None:
         while True:
             item = self._q.get()
             if item is None:
                 return
-            kind, tag, args = item
+            write, tag = item
+            kind = getattr(write, "kind", type(write).__name__)
             try:
-                value = self._apply(kind, dict(args))
+                value = self._apply(write)
             except (sqlite3.Error, StoreError, OSError) as exc:
                 # Disk full, read-only medium, ...: stop accepting counts and say so.
                 self.error = f"database write failed: {exc} (free disk space or check --data-dir)"
@@ -130,5 +141,6 @@ class StoreWriter(threading.Thread):
             finally:
                 with self._lock:
                     self.pending -= 1
-            args.pop("crop_rgb", None)
-            self._done.put(Done(kind, tag, value, args))
+            if isinstance(write, CellWrite) and write.crop_rgb is not None:
+                write = dataclasses.replace(write, crop_rgb=None)  # stored: the caller need not hold it
+            self._done.put(Done(kind, tag, value, write))
