@@ -54,3 +54,30 @@ class Detections:
 
     def __repr__(self) -> str:
         return f"Detections(n={len(self)})"
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of two sets of x1, y1, x2, y2 boxes."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
+
+
+def matched(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> int:
+    """Labelled boxes found (one prediction per box, best IoU first)."""
+    if not len(pred) or not len(truth):
+        return 0
+    m = iou_matrix(truth, pred)
+    found = 0
+    while m.size and m.max() >= iou:
+        t, p = np.unravel_index(np.argmax(m), m.shape)
+        found += 1
+        m[t, :] = -1
+        m[:, p] = -1
+    return found

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_app.detections import matched
+
 logger = logging.getLogger(__name__)
 
 # The thresholds a profile may choose from, and the score every frame is first decoded at.
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.701, 0.05))
 LOW = 0.05
-IOU = 0.5
+IOU = 0.5  # matching a found box to a labelled one (edge_app.detections.matched's default)
 # Fewer labelled frames than this: the threshold stays the shipped one (one held back is too few).
 MIN_FRAMES = 4
 HELD_BACK_FRACTION = 0.25
@@ -37,32 +39,6 @@ class LabelledFrame:
     name: str
     image_rgb: np.ndarray
     boxes: np.ndarray  # (N, 4) every leukocyte in it, frame pixels
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
-
-
-def matched(pred: np.ndarray, truth: np.ndarray, iou: float = IOU) -> int:
-    """Labelled boxes found (one prediction per box, best IoU first)."""
-    if not len(pred) or not len(truth):
-        return 0
-    m = iou_matrix(truth, pred)
-    found = 0
-    while m.size and m.max() >= iou:
-        t, p = np.unravel_index(np.argmax(m), m.shape)
-        found += 1
-        m[t, :] = -1
-        m[:, p] = -1
-    return found
 
 
 def detections(detector, frames: list[LabelledFrame]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -79,7 +55,7 @@ def score(dets, frames: list[LabelledFrame], threshold: float) -> dict:
     found = predicted = cells = 0
     for (boxes, scores), f in zip(dets, frames):
         keep = boxes[scores >= threshold]
-        found += matched(keep, f.boxes)
+        found += matched(keep, f.boxes, IOU)
         predicted += len(keep)
         cells += len(f.boxes)
     recall = found / cells if cells else 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_app.detections import iou_matrix  # noqa: F401  (re-exported for the scripts)
 from edge_app.labels import CLASSES
 
 ALPHAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)  # Gaussian noise levels of the noise study
@@ -57,18 +58,6 @@ def ovr_auc(pos: np.ndarray, score: np.ndarray) -> float:
         i = j + 1
     npos, nneg = pos.sum(), (~pos).sum()
     return float((ranks[pos].sum() - npos * (npos + 1) / 2) / (npos * nneg))
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
 
 
 def average_precision(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], thr: float = 0.5) -> dict:

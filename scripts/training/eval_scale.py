@@ -41,10 +41,10 @@ import time
 import cv2
 import numpy as np
 
+from edge_app.detections import matched
 from edge_app.imaging import preprocess
 from edge_app.imaging.scale import MEASURE_FRAMES, ScaleReference, measure_scale
 from edge_app.model.bundle import Detector, Manifest, create_backend
-from scripts.training.eval_metrics import iou_matrix
 from scripts.training.scale_reference import TXL_CAMERAS
 
 logger = logging.getLogger(__name__)
@@ -128,26 +128,12 @@ def fifth_field(frames, shrink: int = SHRINK) -> tuple[np.ndarray, np.ndarray]:
     return field, np.concatenate(boxes).reshape(-1, 4)
 
 
-def matched(pred: np.ndarray, truth: np.ndarray, iou: float = IOU) -> int:
-    """Labelled boxes found (one prediction per box, best IoU first)."""
-    if not len(pred) or not len(truth):
-        return 0
-    m = iou_matrix(truth, pred)
-    found = 0
-    while m.size and m.max() >= iou:
-        t, p = np.unravel_index(np.argmax(m), m.shape)
-        found += 1
-        m[t, :] = -1
-        m[:, p] = -1
-    return found
-
-
 def _score(detector: Detector, fields) -> dict:
     found = total = predicted = 0
     t0 = time.perf_counter()
     for img, truth in fields:
         pred = np.array([d.box for d in detector(img)], np.float32).reshape(-1, 4)
-        found += matched(pred, truth)
+        found += matched(pred, truth, IOU)
         total += len(truth)
         predicted += len(pred)
     ms = (time.perf_counter() - t0) * 1000 / max(1, len(fields))
