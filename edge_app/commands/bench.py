@@ -15,9 +15,10 @@ frame (1000 / fps) beside the networks' own time per frame (mean over every
 frame) and their ratio, so the overhead around the networks can be read on any
 machine. A stage's figure is its whole work wherever it ran: "detect" includes
 the detector's input made on the capture thread, as "track" includes the
-quality gate and stage motion run there; end to end is the loop's wall time. With ``--site DIR`` (or ``[model] site``): ``site`` with the profile's
-name, sha256 and ``head_ms_per_crop``, the time its head adds per crop (the
-classify stage includes it).
+quality gate and stage motion run there; end to end is the loop's wall time.
+With ``--site DIR`` (or ``[model] site``): ``site`` with the profile's name,
+sha256 and ``head_ms_per_crop``, the time its head adds per crop (the classify
+stage includes it).
 """
 
 from __future__ import annotations

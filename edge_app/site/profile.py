@@ -131,7 +131,27 @@ def load(path: str | Path, manifest) -> SiteProfile:
     if h.weight.shape[1] != dim:
         raise SiteError(f"site profile {path} reads a {h.weight.shape[1]}-value embedding, the model gives {dim}: "
                         "fit it again for this model")
+    problem = _detector_problem(data.get("detector"))
+    if problem:
+        raise SiteError(f"site profile {path}: {problem}: make it again with 'wbc-counter adapt' or revert it")
     return SiteProfile(path, data, sha, h)
+
+
+def _detector_problem(rec) -> str | None:
+    """What is wrong with a profile's ``detector`` record (pixel scale, threshold), or None."""
+    import math
+
+    if rec is None:
+        return None
+    if not isinstance(rec, dict):
+        return "its detector record is not an object"
+    scale = (rec.get("pixel_scale") or {}).get("factor", 1.0)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0.05 <= scale <= 20:
+        return f"its pixel scale {scale!r} is not a factor between 0.05 and 20"
+    thr = (rec.get("threshold") or {}).get("value", 0.35)
+    if not isinstance(thr, (int, float)) or not math.isfinite(thr) or not 0.0 <= thr <= 1.0:
+        return f"its detector threshold {thr!r} is not between 0 and 1"
+    return None
 
 
 def head_bytes(h: site_head.SiteHead) -> bytes:

@@ -80,3 +80,14 @@ def test_one_low_run_gives_each_thresholds_boxes():
         assert checked > 10
     finally:
         bundle.close()
+
+
+def test_a_profile_with_a_broken_detector_record_is_refused():
+    from edge_app.site.profile import _detector_problem
+
+    assert _detector_problem(None) is None
+    assert _detector_problem({"pixel_scale": {"factor": 1.0}, "threshold": {"value": 0.4, "fitted": True}}) is None
+    assert "pixel scale" in _detector_problem({"pixel_scale": {"factor": float("nan")}})
+    assert "pixel scale" in _detector_problem({"pixel_scale": {"factor": 0}})
+    assert "threshold" in _detector_problem({"threshold": {"value": 1.5}})
+    assert "not an object" in _detector_problem([1, 2])
