@@ -93,21 +93,34 @@ class Tally:
         self.wbc_count = wbc_count
         self.cells: dict[int, CellEntry] = {}
         self.corrections = 0
+        # Running counts per class: the loop asks for the total every frame, and a session that runs on
+        # (a soak, a long pan) must not pay for every cell it has counted each time it asks.
+        self._counts = {c: 0 for c in CLASSES}
 
     # -- changes (called after the store committed them) -----------------
     def add(self, cell_id: int, label: str, confidence: float | None = None, flagged: bool = False,
             source: str = "auto") -> None:
         if label not in CLASSES:
             raise ValueError(f"unknown class {label}")
+        old = self.cells.get(cell_id)
+        if old is not None:
+            self._counts[old.label] -= 1
         self.cells[cell_id] = CellEntry(cell_id, label, confidence, flagged, source)
+        self._counts[label] += 1
 
     def relabel(self, cell_id: int, label: str, flagged: bool = False) -> None:
         if cell_id in self.cells:
+            if label not in CLASSES:
+                raise ValueError(f"unknown class {label}")
+            self._counts[self.cells[cell_id].label] -= 1
             self.cells[cell_id].label = label
             self.cells[cell_id].flagged = flagged
+            self._counts[label] += 1
 
     def remove(self, cell_id: int) -> None:
-        self.cells.pop(cell_id, None)
+        old = self.cells.pop(cell_id, None)
+        if old is not None:
+            self._counts[old.label] -= 1
 
     @classmethod
     def from_store(cls, store, session_id: str, target: int, ci_method: str = "wilson",
@@ -121,10 +134,7 @@ class Tally:
 
     # -- figures ----------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        out = {c: 0 for c in CLASSES}
-        for cell in self.cells.values():
-            out[cell.label] += 1
-        return out
+        return dict(self._counts)
 
     @property
     def total(self) -> int:

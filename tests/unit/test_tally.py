@@ -76,3 +76,30 @@ def test_relabel_remove_and_flagged():
     assert t.total == 1
     with pytest.raises(ValueError):
         t.add(3, "platelet")
+
+
+def test_running_counts_match_the_cells_through_every_change():
+    """The counts are kept as cells change (the loop reads the total every frame); after any mix of adds,
+    re-adds, relabels, removals and refused changes they equal a recount of the cells."""
+    import random
+
+    from edge_app.labels import CLASSES
+
+    rng = random.Random(3)
+    t = Tally()
+    for _ in range(2000):
+        op, cid, label = rng.random(), rng.randrange(60), rng.choice(CLASSES)
+        if op < 0.5:
+            t.add(cid, label)
+        elif op < 0.75:
+            t.relabel(cid, label)
+        elif op < 0.95:
+            t.remove(cid)
+        else:  # a label outside the six classes changes nothing (relabel: of a cell that is there)
+            if op >= 0.975 and cid not in t.cells:
+                t.add(cid, label)
+            with pytest.raises(ValueError):
+                (t.add if op < 0.975 else t.relabel)(cid, "platelet")
+        recount = {c: sum(e.label == c for e in t.cells.values()) for c in CLASSES}
+        assert t.counts() == recount
+    assert t.total == sum(v for k, v in t.counts().items() if k != "other")
