@@ -164,15 +164,17 @@ class NoisyDetector:
         return self.inner.prepare(frame_rgb, background)
 
     def __call__(self, frame_rgb, background=None, prepared=None):
-        from edge_app.model.bundle import Detection
+        from edge_app.detections import Detections
 
-        out = []
+        boxes, scores = [], []
         for d in self.inner(frame_rgb, background, prepared=prepared):
             if self.rng.random() < self.miss:
                 continue
-            out.append(Detection((d.box + self.rng.normal(0, self.jitter_px, 4)).astype(np.float32), d.score))
+            boxes.append((d.box + self.rng.normal(0, self.jitter_px, 4)).astype(np.float32))
+            scores.append(d.score)
         if self.rng.random() < self.stray:
             h, w = frame_rgb.shape[:2]
             x, y = self.rng.uniform(0, w - 60), self.rng.uniform(0, h - 60)
-            out.append(Detection(np.array([x, y, x + 60, y + 60], np.float32), 0.4))
-        return out
+            boxes.append(np.array([x, y, x + 60, y + 60], np.float32))
+            scores.append(0.4)
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), scores)
