@@ -106,12 +106,15 @@ def _rewrite(src: Path, dst: Path) -> int:
 
 
 def _op_counts(path: Path) -> dict:
+    from ai_edge_litert import schema_py_generated as s
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
+    # The schema's own names: the quantiser's table lists only the ops it quantises.
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     m, c = fu.read_model(str(path)), Counter()
     for op in m.subgraphs[0].operators:
         k = m.operatorCodes[op.opcodeIndex]
-        c[fu.TFL_OP_CODE_TO_NAME.get(max(k.builtinCode, k.deprecatedBuiltinCode), "?")] += 1
+        c[names.get(max(k.builtinCode, k.deprecatedBuiltinCode), "?")] += 1
     return {k: c.get(k, 0) for k in ("DEQUANTIZE", "QUANTIZE", "REDUCE_MAX", "MAX_POOL_2D")}
 
 
