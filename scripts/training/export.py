@@ -72,7 +72,8 @@ def classifier_member(path: str) -> tuple[Deployable, dict]:
     if p.suffix != ".onnx":
         state = torch.load(p, map_location="cpu", weights_only=False)
         return load_net("classifier", path), {"from": str(p), "width": state["width"], "epoch": state["epoch"],
-                                               "val": state["val"], "stain_norm": bool(state.get("stain_norm"))}
+                                               "val": state["val"], "stain_norm": bool(state.get("stain_norm")),
+                                               "exclude_source": state.get("exclude_source")}
     mpath = p.parent / "manifest.json"
     if not mpath.is_file():
         sys.exit(f"--classifier {path}: an ONNX member needs the manifest.json of its model folder beside it")
@@ -99,6 +100,26 @@ def load_classifier(paths: list[str]) -> tuple[torch.nn.Module, dict]:
     facts = {"width": infos[0]["width"], "stain_norm": infos[0]["stain_norm"],
              "ensemble": [{k: v for k, v in i.items() if k not in ("width", "stain_norm")} for i in infos]}
     return Ensemble([m for m, _ in members]).eval(), facts
+
+
+def training_data(left_out: str | None) -> str:
+    """The manifest's training-data line; a leave-one-source-out classifier names the source it never saw."""
+    line = ("../shared/datasets train splits (scripts/training/splits.py): pbc (CC BY 4.0), raabin, chula (MIT),"
+            " bccd (MIT), txl_pbc (MIT; detector only)")
+    return line + (f"; the classifier left {left_out} out of training" if left_out else "")
+
+
+def classifier_left_out(fact: dict | None, given: str | None) -> str | None:
+    """The source an exported classifier never trained on: its checkpoints' record, else ``--left-out``."""
+    if fact is None:
+        return given  # a kept classifier: only what the caller says
+    recorded = {m.get("exclude_source") for m in fact.get("ensemble", [fact])}
+    if len(recorded) > 1:
+        sys.exit(f"--classifier: the members were trained without different sources {sorted(map(str, recorded))}")
+    (rec,) = recorded
+    if rec and given and rec != given:
+        sys.exit(f"--left-out {given}: the checkpoint records that it was trained without {rec}")
+    return rec or given
 
 
 def input_shape(kind: str) -> tuple[int, ...]:
@@ -224,6 +245,9 @@ def main(argv=None) -> int:
     det.add_argument("--keep-detector", action="store_true",
                      help="ship the detector already in models/ unchanged (a classifier-only update)")
     ap.add_argument("--version", default=None)
+    ap.add_argument("--left-out", default=None, metavar="SOURCE",
+                    help="the source the classifier checkpoint was trained without (--exclude-source), for a "
+                         "checkpoint that does not record it; recorded in the manifest's training_data")
     ap.add_argument("--out", default=str(MODELS),
                     help="model folder to write (default models/); another folder starts as a copy of models/'s "
                          "networks, so a candidate can be scored with scripts.training.select_model "
@@ -305,6 +329,7 @@ def main(argv=None) -> int:
                                    "stain_od_percentile": preprocess.STAIN_OD_PERCENTILE}
     if args.tta_views is not None or "classifier" in models:
         cls_entry["tta_views"] = args.tta_views or 8
+    left_out = classifier_left_out(facts.get("classifier"), args.left_out)
     parity = write_parity(models, stain_norm, out)
     version = args.version or dt.date.today().strftime("%Y.%m.%d")
     (w, h), c = preprocess.DETECTOR_SIZE, preprocess.CLASSIFIER_SIZE[0]
@@ -318,9 +343,7 @@ def main(argv=None) -> int:
                          "and the frame mirrored when tta_flip)",
         "crop_margin": preprocess.CROP_MARGIN,
         "onnx_opset": OPSET,
-        "training_data": "../shared/datasets train splits (scripts/training/splits.py): pbc (CC BY 4.0), raabin, "
-                         "chula (MIT),"
-                         " bccd (MIT), txl_pbc (MIT; detector only)",
+        "training_data": training_data(left_out),
         "calibration": "calibration/manifest.json",
         "selftest": {"min_top1_agreement": 0.9, "max_prob_abs_diff": 0.25},
         "parity": parity,

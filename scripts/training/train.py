@@ -401,7 +401,7 @@ def train_classifier(args, device) -> dict:
             best = score
             torch.save({"state_dict": scored.state_dict(), "width": args.width, "epoch": epoch + 1, "val": val,
                         "bg_norm": not args.no_bg_norm, "input_size": list(preprocess.CLASSIFIER_SIZE),
-                        "stain_norm": args.stain_norm, "teacher": args.teacher,
+                        "stain_norm": args.stain_norm, "teacher": args.teacher, "exclude_source": args.exclude_source,
                         "style_sources": sorted(style.counts()) if style else []},
                        Path(args.out) / "classifier.pt")
     return {"best_val_mean": best, "history": history}
