@@ -50,3 +50,9 @@ def cpu() -> dict:
         return parse(CPUINFO.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return parse("")
+
+
+def describe() -> str:
+    """One line for reports and logs: the CPU model and which SIMD features it has."""
+    c = cpu()
+    return f"{c['model']} (" + ", ".join(f"{n} {'yes' if have else 'no'}" for n, have in c["simd"].items()) + ")"

@@ -19,9 +19,7 @@ FOLDER_MARKS = {"x11": "x11", "browser": "browser"}
 
 def pytest_report_header(config):
     """The CPU model and the SIMD features the INT8 kernels depend on, so a failure report says which CPU failed."""
-    cpu = cpuinfo.cpu()
-    features = ", ".join(f"{name} {'yes' if have else 'no'}" for name, have in cpu["simd"].items())
-    return f"cpu: {cpu['model']} ({features})"
+    return f"cpu: {cpuinfo.describe()}"
 
 
 def pytest_configure(config):

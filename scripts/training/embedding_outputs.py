@@ -54,8 +54,8 @@ def _onnx_pooled(graph) -> list[str]:
             n = prod.get(n.input[0])
         return n
 
-    probs = graph.output[0].name
-    node = prod[probs]
+    # A single network's Q/DQ graph ends in the softmax's own Q/DQ pair; an ensemble's in its mean.
+    node = back(graph.output[0].name, _QDQ)
     if node.op_type == "Div":  # ensemble mean: Div(Add(...), n)
         node = back(node.input[0], _QDQ)
     heads = []

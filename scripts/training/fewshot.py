@@ -32,6 +32,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
+from edge_app import cpuinfo  # noqa: E402
 from edge_app.backends.tflite import TFLiteBackend  # noqa: E402
 from edge_app.imaging import framing, preprocess  # noqa: E402
 from edge_app.labels import CLASS_INDEX, CLASSES  # noqa: E402
@@ -192,7 +194,16 @@ def bench(manifest: Manifest, n: int = 2000) -> dict:
     for _ in range(n):
         h.mix(e, p)
     return {"ms_per_crop_cpu": (time.thread_time() - c0) * 1000 / n,
-            "ms_per_crop_wall": (time.perf_counter() - t0) * 1000 / n, "crops": n, "method": h.method}
+            "ms_per_crop_wall": (time.perf_counter() - t0) * 1000 / n, "crops": n, "method": h.method,
+            "cpu": cpuinfo.describe()}
+
+
+def unseen_sources(model_dir: Path) -> list[str]:
+    """The labelled sources this folder's classifier never trained on: tecom always, and the source a
+    leave-one-source-out export names in its manifest's ``training_data`` (``scripts.training.export``)."""
+    line = json.loads((model_dir / "manifest.json").read_text()).get("training_data", "")
+    left = re.search(r"the classifier left (\w+) out of training", line)
+    return [s for s in SOURCES if s == "tecom" or (left and s == left.group(1))]
 
 
 def main(argv=None) -> int:
@@ -228,7 +239,10 @@ def main(argv=None) -> int:
     cfg = (site_head.DEFAULT_METHOD, site_head.DEFAULT_LAMBDA, site_head.DEFAULT_ALPHA)
     configs = [cfg, RUNNER_UP]
     res = curves(SOURCES, KS, args.draws, False, manifest, configs)
-    out = {"command": "python -m scripts.training.fewshot" + (" --write" if args.write else ""),
+    cmd = "python -m scripts.training.fewshot"
+    if args.model_dir.resolve() != (ROOT / "models").resolve():
+        cmd += f" --model-dir {args.model_dir}"
+    out = {"command": cmd + (" --write" if args.write else ""), "unseen": unseen_sources(args.model_dir),
            "draws": args.draws, "precision": "int8", "views": manifest.tta_views,
            "classifier_int8_sha256": sha256_file(manifest.file("classifier", "tflite_int8")),
            "heads": [{"method": m, "lambda": lam, "alpha": a, "chosen": (m, lam, a) == cfg,
