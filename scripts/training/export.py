@@ -330,6 +330,8 @@ def main(argv=None) -> int:
     if args.tta_views is not None or "classifier" in models:
         cls_entry["tta_views"] = args.tta_views or 8
     left_out = classifier_left_out(facts.get("classifier"), args.left_out)
+    if left_out:  # what scripts.training.fewshot reads to know which sources the network never saw
+        cls_entry["left_out_source"] = left_out
     parity = write_parity(models, stain_norm, out)
     version = args.version or dt.date.today().strftime("%Y.%m.%d")
     (w, h), c = preprocess.DETECTOR_SIZE, preprocess.CLASSIFIER_SIZE[0]

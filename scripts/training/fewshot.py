@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -198,12 +197,11 @@ def bench(manifest: Manifest, n: int = 2000) -> dict:
             "cpu": cpuinfo.describe()}
 
 
-def unseen_sources(model_dir: Path) -> list[str]:
-    """The labelled sources this folder's classifier never trained on: tecom always, and the source a
-    leave-one-source-out export names in its manifest's ``training_data`` (``scripts.training.export``)."""
-    line = json.loads((model_dir / "manifest.json").read_text()).get("training_data", "")
-    left = re.search(r"the classifier left (\w+) out of training", line)
-    return [s for s in SOURCES if s == "tecom" or (left and s == left.group(1))]
+def unseen_sources(manifest: Manifest) -> list[str]:
+    """The labelled sources this classifier never trained on: tecom always, and the source that a
+    leave-one-source-out export records as ``left_out_source`` (``scripts.training.export``)."""
+    left = manifest.data["models"]["classifier"].get("left_out_source")
+    return [s for s in SOURCES if s in ("tecom", left)]
 
 
 def main(argv=None) -> int:
@@ -242,7 +240,7 @@ def main(argv=None) -> int:
     cmd = "python -m scripts.training.fewshot"
     if args.model_dir.resolve() != (ROOT / "models").resolve():
         cmd += f" --model-dir {args.model_dir}"
-    out = {"command": cmd + (" --write" if args.write else ""), "unseen": unseen_sources(args.model_dir),
+    out = {"command": cmd + (" --write" if args.write else ""), "unseen": unseen_sources(manifest),
            "draws": args.draws, "precision": "int8", "views": manifest.tta_views,
            "classifier_int8_sha256": sha256_file(manifest.file("classifier", "tflite_int8")),
            "heads": [{"method": m, "lambda": lam, "alpha": a, "chosen": (m, lam, a) == cfg,
